@@ -1,0 +1,127 @@
+"""The `qcompile` command: build, run, inspect, targets, demo. Errors print as one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import QCompileError
+
+
+def _shapes(items: list[str] | None) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition(":")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise QCompileError(f"--input-shape '{item}': expected NAME:D0,D1,... (e.g. x:1,3,224,224)")
+    return shapes
+
+
+def cmd_build(args) -> None:
+    from .build import build
+
+    result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle)
+    print(f"wrote {result.artifact} ({result.metadata['target']}, {result.artifact.stat().st_size / 1e6:.2f} MB)")
+    if result.bundle:
+        print(f"wrote bundle {result.bundle}/")
+
+
+def cmd_run(args) -> None:
+    from .run import run
+
+    result = run(args.artifact, args.input, args.output, bundle=args.bundle, repeat=args.repeat)
+    for name, arr in result.outputs.items():
+        print(f"{name}: shape {list(arr.shape)} {arr.dtype}")
+    if result.latency_ms is not None:
+        print(f"median latency over {args.repeat} runs: {result.latency_ms:.3f} ms ({result.how})")
+    if args.output:
+        print(f"wrote {args.output}")
+
+
+def cmd_inspect(args) -> None:
+    from .artifact import read_metadata
+
+    meta = read_metadata(args.artifact)
+    if args.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return
+    print(f"artifact:  {args.artifact}")
+    print(f"target:    {meta['target']} ({meta['arch']}, {meta['kind']}, schedules: {meta['schedule_family']})")
+    print(f"llvm:      {json.dumps(meta['llvm'])}")
+    print(f"source:    {meta['source']} ({meta['format']}); tvm {meta['tvm_version']}")
+    for role in ("inputs", "outputs"):
+        for t in meta[role]:
+            print(f"{role[:-1]:<10} {t['name']}: {t['shape']} {t['dtype']}")
+    layers = meta.get("layers", [])
+    print(f"layers:    {len(layers)} compute ops")
+    for row in layers:
+        print(f"  {row['name']:<40} {row['op']:<10} in {row['input_dtype']:<8} weight {row['weight_dtype']:<8} out {row['output_dtype']}")
+
+
+def cmd_targets(args) -> None:
+    from .targets import list_targets
+
+    for spec in list_targets():
+        print(f"{spec.name:<16} {spec.arch:<8} {spec.schedule_family:<12} {spec.description}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import demo
+
+    demo(args.workdir)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcompile", description="Quantizing model compiler on Apache TVM")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="compile a model into a deployable shared library")
+    b.add_argument("model", help="model file: .onnx, .tflite or torch.export .pt2")
+    b.add_argument("--target", "-t", default="host", help="target name (see `qcompile targets`) or a target .toml")
+    b.add_argument("--output", "-o", default="model.so", help="artifact path (default model.so)")
+    b.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
+    b.add_argument("--bundle", metavar="DIR", help="also write a deploy bundle (runtime libraries, runner, README)")
+    b.set_defaults(func=cmd_build)
+
+    r = sub.add_parser("run", help="run an artifact on .npz inputs (emulated for other architectures)")
+    r.add_argument("artifact")
+    r.add_argument("--input", "-i", required=True, help=".npz keyed by input name")
+    r.add_argument("--output", "-o", help=".npz to write, keyed by output name")
+    r.add_argument("--bundle", help="bundle folder whose runner to use (default: the cached runtime)")
+    r.add_argument("--repeat", type=int, default=0, help="time this many extra runs and print the median")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("inspect", help="what an artifact holds: target, inputs, outputs, layers")
+    i.add_argument("artifact")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    t = sub.add_parser("targets", help="list known targets")
+    t.set_defaults(func=cmd_targets)
+
+    d = sub.add_parser("demo", help="build the bundled example for host and rpi5, run both, compare with onnxruntime")
+    d.add_argument("--workdir", default="qcompile-demo")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except QCompileError as err:
+        print(f"qcompile: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcompile: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

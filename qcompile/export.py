@@ -1,0 +1,79 @@
+"""Export: the model shared library (native or cross-linked, metadata embedded) and the deploy
+bundle. Every file is written to a temporary name and renamed into place, so a failure never
+leaves a partial artifact behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .artifact import metadata_source
+from .runtime import runtime_dir
+from .targets import TargetSpec
+from .toolchain import compiler, fresh_dir, link_options
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) -> Path:
+    from tvm.support import cc as tvm_cc
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = fresh_dir("export")
+    tmp = _tmp_name(output)
+    try:
+        meta_src = work / "qcompile_metadata.cc"
+        meta_src.write_text(metadata_source(metadata))
+        fcompile = tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work), add_files=[str(meta_src)])
+        executable.export_library(str(tmp), fcompile=fcompile, workspace_dir=str(work))
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return output
+
+
+BUNDLE_README = """# {name}: qcompile deploy bundle for {target}
+
+{description}
+
+Files: `model.so` (the compiled model), `libtvm_runtime.so` and `libtvm_ffi.so` (TVM's runtime,
+apache-tvm {tvm_version}, for {arch}), `qcompile_run` (runner), `model.json` (inputs and outputs).
+
+Copy the folder to the device and run, with inputs as `.npy` files in this order:
+
+    ./qcompile_run ./model.so OUT_DIR {input_files}
+
+Outputs are written as `OUT_DIR/output_<i>.npy`: {output_names}. Add `--repeat 50` to print the
+median latency. Nothing else needs to be installed: the runner finds the libraries beside itself.
+"""
+
+
+def write_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict) -> Path:
+    bundle = Path(bundle)
+    runtime = runtime_dir(spec)
+    tmp = _tmp_name(bundle)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copy2(artifact, tmp / "model.so")
+        for name in ("libtvm_runtime.so", "libtvm_ffi.so", "qcompile_run"):
+            shutil.copy2(runtime / name, tmp / name)
+        (tmp / "model.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        (tmp / "README.md").write_text(BUNDLE_README.format(
+            name=Path(metadata["source"]).stem, target=spec.name, description=spec.description,
+            tvm_version=metadata["tvm_version"], arch=spec.arch,
+            input_files=" ".join(f"{t['name']}.npy" for t in metadata["inputs"]),
+            output_names=", ".join(f"{i}: `{t['name']}`" for i, t in enumerate(metadata["outputs"])),
+        ))
+        if bundle.exists():
+            shutil.rmtree(bundle)
+        os.replace(tmp, bundle)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bundle

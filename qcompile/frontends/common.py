@@ -1,0 +1,90 @@
+"""What every frontend returns, and the checks they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import QCompileError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @staticmethod
+    def from_json(data: dict) -> "TensorInfo":
+        return TensorInfo(data["name"], tuple(data["shape"]), data["dtype"])
+
+
+@dataclass
+class ImportedModel:
+    mod: object  # tvm.IRModule with a float `main`
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    source: str
+    format: str
+    layer_names: list[str] = field(default_factory=list)  # source names of compute ops, in order
+
+
+def raise_unsupported(source: str, unsupported: dict[str, list[str]]) -> None:
+    """One error listing every unsupported op with the names of the nodes that use it."""
+    if not unsupported:
+        return
+    parts = []
+    for op, nodes in sorted(unsupported.items()):
+        shown = ", ".join(nodes[:5]) + (f", ... ({len(nodes)} nodes)" if len(nodes) > 5 else "")
+        parts.append(f"{op} (nodes: {shown})")
+    raise QCompileError(f"{source}: unsupported ops: " + "; ".join(parts))
+
+
+def resolve_shape(source: str, name: str, dims: list, given: dict[str, list[int]]) -> tuple[int, ...]:
+    """A static shape for one input: the user's, else the model's with a leading dynamic batch set to 1."""
+    if name in given:
+        shape = tuple(int(d) for d in given[name])
+        if len(shape) != len(dims):
+            raise QCompileError(f"{source}: input '{name}' has rank {len(dims)}, --input-shape gives {len(shape)}")
+        return shape
+    resolved = []
+    for axis, dim in enumerate(dims):
+        if isinstance(dim, int) and dim > 0:
+            resolved.append(dim)
+        elif axis == 0:
+            resolved.append(1)
+        else:
+            raise QCompileError(
+                f"{source}: input '{name}' has a dynamic dimension at axis {axis}; "
+                f"give its shape with --input-shape {name}:{','.join('N' if not isinstance(d, int) or d <= 0 else str(d) for d in dims)}"
+            )
+    return tuple(resolved)
+
+
+def check_input_names(source: str, known: list[str], given: dict) -> None:
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise QCompileError(f"{source}: --input-shape names unknown input(s) {unknown}; the model's inputs are {known}")
+
+
+def output_infos(mod, names: list[str]) -> list[TensorInfo]:
+    """Output signature from the imported Relax `main` (tuple or single tensor)."""
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    infos = []
+    for i, sinfo in enumerate(fields):
+        name = names[i] if i < len(names) else f"output_{i}"
+        shape = tuple(int(d) for d in sinfo.shape.values) if sinfo.shape is not None else ()
+        infos.append(TensorInfo(name, shape, str(sinfo.dtype)))
+    return infos
+
+
+def last_line(err: BaseException) -> str:
+    """The informative line of an exception raised deep in TVM (no C++ backtrace)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    msg = next((ln for ln in reversed(lines) if not ln.startswith(("File ", "at ", "0:", "1:"))), type(err).__name__)
+    return f"{type(err).__name__}: {msg}"[:400]

@@ -1,0 +1,43 @@
+"""Schedules per ISA family. A target file names its family; `relax_pipeline` builds TVM's default
+Relax pipeline for the target with that family's schedule passes inserted after legalization
+(where the TIR kernels exist and before they are lowered).
+
+Families: x86-avx2, x86-avx512, x86-vnni, arm-neon, arm-dotprod, arm-i8mm, cuda.
+"""
+
+from __future__ import annotations
+
+FAMILIES = ("x86-avx2", "x86-avx512", "x86-vnni", "arm-neon", "arm-dotprod", "arm-i8mm", "cuda")
+
+
+def schedule_passes(family: str, target) -> list:
+    """The family's default-schedule passes (empty where TVM's legalized TIR is used as is).
+    GPU schedules ship with TVM's CUDA legalization (dlight); CPU int8 kernels are added per family."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown schedule family '{family}'; known: {', '.join(FAMILIES)}")
+    return []
+
+
+def relax_pipeline(family: str, target):
+    import importlib
+
+    import tvm
+
+    # The backend's own pipeline module: tvm.relax.pipeline's dispatchers reach for
+    # cpu_generic.dataflow_lower_passes, which 0.27's cpu_generic package does not export.
+    backend = "cuda" if target.kind.name == "cuda" else "cpu_generic"
+    stock = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+
+    @tvm.transform.module_pass(opt_level=0, name=f"qcompile.pipeline.{family}")
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(
+                stock.library_dispatch_passes(target)
+                + stock.legalize_passes(target)
+                + schedule_passes(family, target)
+                + stock.dataflow_lower_passes(target)
+                + stock.finalize_passes(target)
+            )
+            return seq(mod)
+
+    return _pipeline
