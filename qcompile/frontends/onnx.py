@@ -25,7 +25,7 @@ def read_onnx(path: Path):
         from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
         raise QCompileError(f"{path}: cannot load its external weight data: {err}") from None
     return model
 

@@ -1,0 +1,84 @@
+"""The CLI as a user meets it: one-line errors with exit code 2, no traceback, no artifact."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import requires
+from onnx_models import with_unsupported_ops
+
+
+def qc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "qcompile.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qcompile: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_targets_lists_every_target():
+    proc = qc("targets")
+    assert proc.returncode == 0
+    assert {line.split()[0] for line in proc.stdout.splitlines()} >= {"host", "rpi4", "rpi5", "rpi3-armv7", "android-arm64"}
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda d: d / "missing.onnx", ["missing.onnx", "no such model file"]),
+    (lambda d: (d / "text.onnx").write_text("hello\n" * 50) and d / "text.onnx", ["text.onnx", "not"]),
+    (lambda d: onnx.save(with_unsupported_ops(), str(d / "ops.onnx")) or d / "ops.onnx",
+     ["unsupported ops", "custom_1", "custom_2", "det_a"]),
+])
+def test_build_errors(tmp_path, make, fragments):
+    model = make(tmp_path)
+    proc = qc("build", model, "-o", tmp_path / "out.so")
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "out.so").exists()
+
+
+def test_truncated_model(tmp_path, small_cnn_path):
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(small_cnn_path.read_bytes()[:200])
+    assert_one_line_error(qc("build", path, "-o", tmp_path / "o.so"), "cut.onnx", "not a valid ONNX model")
+
+
+def test_unknown_target(small_cnn_path, tmp_path):
+    assert_one_line_error(qc("build", small_cnn_path, "-t", "pi", "-o", tmp_path / "o.so"), "unknown target 'pi'", "rpi5")
+
+
+def test_bad_input_shape_flag(small_cnn_path, tmp_path):
+    assert_one_line_error(qc("build", small_cnn_path, "--input-shape", "x=1,2", "-o", tmp_path / "o.so"), "--input-shape 'x=1,2'")
+
+
+def test_build_run_inspect(small_cnn_path, tmp_path):
+    so = tmp_path / "m.so"
+    proc = qc("build", small_cnn_path, "-o", so)
+    assert proc.returncode == 0, proc.stderr
+    np.savez(tmp_path / "in.npz", x=np.ones((1, 1, 8, 8), np.float32))
+    proc = qc("run", so, "-i", tmp_path / "in.npz", "-o", tmp_path / "out.npz", "--repeat", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "logits: shape [1, 10] float32" in proc.stdout and "median latency over 3 runs" in proc.stdout
+    assert np.load(tmp_path / "out.npz")["logits"].shape == (1, 10)
+    proc = qc("inspect", so)
+    assert "input      x: [1, 1, 8, 8] float32" in proc.stdout
+    assert "conv1" in proc.stdout and "fc" in proc.stdout
+    np.savez(tmp_path / "bad.npz", image=np.ones((1, 1, 8, 8), np.float32))
+    assert_one_line_error(qc("run", so, "-i", tmp_path / "bad.npz"), "bad.npz", "['image']", "['x']")
+    assert_one_line_error(qc("run", so, "-i", tmp_path / "none.npz"), "none.npz", "no such input file")
+
+
+@requires("qemu-aarch64")
+def test_demo_builds_runs_and_compares(tmp_path):
+    proc = qc("demo", "--workdir", tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith(("host ", "rpi5 "))}
+    assert set(rows) == {"host", "rpi5"}
+    assert "emulated (qemu-aarch64)" in rows["rpi5"]
+    for line in rows.values():
+        assert line.split()[-1] == "True" and float(line.split()[-2]) < 1e-4

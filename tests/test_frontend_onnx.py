@@ -1,0 +1,90 @@
+import numpy as np
+import onnx
+import pytest
+from onnx_models import small_cnn, two_inputs, with_unsupported_ops
+from tvm import relax
+
+from qcompile import QCompileError
+from qcompile.frontends import load_model
+
+
+def test_imports_signature_and_layers(small_cnn_path):
+    model = load_model(small_cnn_path)
+    assert [(t.name, t.shape, t.dtype) for t in model.inputs] == [("x", (1, 1, 8, 8), "float32")]  # batch N -> 1
+    assert [(t.name, t.shape) for t in model.outputs] == [("logits", (1, 10))]
+    assert model.layer_names == ["conv1", "fc"]
+    assert isinstance(model.mod["main"], relax.Function)
+
+
+def test_input_shape_overrides_dynamic_batch(small_cnn_path):
+    model = load_model(small_cnn_path, {"x": [4, 1, 8, 8]})
+    assert model.inputs[0].shape == (4, 1, 8, 8) and model.outputs[0].shape == (4, 10)
+
+
+def test_wrong_input_shape_name_is_named(small_cnn_path):
+    with pytest.raises(QCompileError, match=r"unknown input\(s\) \['y'\]; the model's inputs are \['x'\]"):
+        load_model(small_cnn_path, {"y": [1, 1, 8, 8]})
+
+
+def test_weights_in_constant_nodes(tmp_path):
+    path = tmp_path / "const.onnx"
+    onnx.save(small_cnn(weights_as_constants=True), str(path))
+    model = load_model(path)
+    assert [r for r in model.layer_names] == ["conv1", "fc"]
+
+
+def test_external_data_files(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(small_cnn(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    assert (tmp_path / "ext.weights").stat().st_size > 1000
+    load_model(path)
+    (tmp_path / "ext.weights").unlink()
+    with pytest.raises(QCompileError, match="cannot load its external weight data"):
+        load_model(path)
+
+
+def test_every_unsupported_op_is_listed_with_its_nodes(tmp_path):
+    path = tmp_path / "bad_ops.onnx"
+    onnx.save(with_unsupported_ops(), str(path))
+    with pytest.raises(QCompileError) as err:
+        load_model(path)
+    msg = str(err.value)
+    assert "\n" not in msg and "unsupported ops" in msg
+    assert "com.example.MyCustomOp (nodes: custom_1, custom_2)" in msg
+    assert "det_a" in msg
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"this is not a model at all\n" * 10, "not"),
+    (None, "not a valid ONNX model"),  # truncated
+])
+def test_broken_files(tmp_path, small_cnn_path, content, expected):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(content if content is not None else small_cnn_path.read_bytes()[:300])
+    with pytest.raises(QCompileError) as err:
+        load_model(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(QCompileError, match="no such model file"):
+        load_model(tmp_path / "nope.onnx")
+
+
+def test_two_inputs_two_outputs(tmp_path):
+    path = tmp_path / "two.onnx"
+    onnx.save(two_inputs(), str(path))
+    model = load_model(path)
+    assert [t.name for t in model.inputs] == ["a", "b"]
+    assert [t.name for t in model.outputs] == ["y", "r"]
+
+
+def test_dynamic_non_batch_dim_needs_a_shape(tmp_path):
+    model = small_cnn()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(QCompileError, match=r"dynamic dimension at axis 2; give its shape with --input-shape x:N,1,N,8"):
+        load_model(path)
+    assert load_model(path, {"x": [1, 1, 8, 8]}).inputs[0].shape == (1, 1, 8, 8)
