@@ -1,9 +1,10 @@
 import numpy as np
 import onnx
 import pytest
-from onnx_models import small_cnn, two_inputs, with_unsupported_ops
+from onnx_models import reference, small_cnn, two_inputs, with_unsupported_ops
 from tvm import relax
 
+import qcompile
 from qcompile import QCompileError
 from qcompile.frontends import load_model
 
@@ -26,11 +27,13 @@ def test_wrong_input_shape_name_is_named(small_cnn_path):
         load_model(small_cnn_path, {"y": [1, 1, 8, 8]})
 
 
-def test_weights_in_constant_nodes(tmp_path):
+def test_weights_in_constant_nodes_build_and_match(tmp_path):
     path = tmp_path / "const.onnx"
     onnx.save(small_cnn(weights_as_constants=True), str(path))
-    model = load_model(path)
-    assert [r for r in model.layer_names] == ["conv1", "fc"]
+    assert load_model(path).layer_names == ["conv1", "fc"]
+    so = qcompile.build(path, "host", tmp_path / "const.so").artifact
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(qcompile.run(so, {"x": x}).outputs["logits"], reference(path, {"x": x})[0], atol=1e-5)
 
 
 def test_external_data_files(tmp_path):

@@ -1,0 +1,59 @@
+"""TFLite frontend: .tflite flatbuffer -> Relax (float models; needs `pip install tflite`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import QCompileError
+from .common import ImportedModel, TensorInfo, check_input_names, last_line, output_infos, raise_unsupported, resolve_shape
+
+COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+
+
+def _tensor_name(subgraph, index: int) -> str:
+    return subgraph.Tensors(index).Name().decode()
+
+
+def load_tflite(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
+    try:
+        import tflite
+    except ImportError:
+        raise QCompileError(f"{path}: TFLite models need the tflite package: pip install 'qcompile[tflite]'") from None
+    from tvm import relax
+    from tvm.relax.frontend.tflite import from_tflite
+    from tvm.relax.frontend.tflite.tflite_frontend import ExprTable, OperatorConverter, _decode_type
+
+    buf = path.read_bytes()
+    if buf[4:8] != b"TFL3":
+        raise QCompileError(f"{path}: not a TFLite model (no TFL3 identifier)")
+    try:
+        model = tflite.Model.GetRootAsModel(buf, 0)
+        subgraph = model.Subgraphs(0)
+        converter = OperatorConverter(model, subgraph, ExprTable(), relax.BlockBuilder())
+        ops = []
+        for i in range(subgraph.OperatorsLength()):
+            op = subgraph.Operators(i)
+            ops.append((converter.get_op_code_str(op), _tensor_name(subgraph, op.Outputs(0)) if op.OutputsLength() else f"#{i}"))
+        inputs_idx = list(subgraph.InputsAsNumpy())
+        outputs_idx = list(subgraph.OutputsAsNumpy())
+        raw_inputs = [(_tensor_name(subgraph, i), list(subgraph.Tensors(i).ShapeAsNumpy()), _decode_type(subgraph.Tensors(i).Type()))
+                      for i in inputs_idx]
+    except Exception as err:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere
+        raise QCompileError(f"{path}: not a valid TFLite model ({last_line(err)})") from None
+    unsupported: dict[str, list[str]] = {}
+    for code, name in ops:
+        if code not in converter.convert_map:
+            unsupported.setdefault(code, []).append(name)
+    raise_unsupported(str(path), unsupported)
+    check_input_names(str(path), [name for name, _, _ in raw_inputs], input_shapes)
+    inputs = [TensorInfo(name, resolve_shape(str(path), name, [int(d) for d in dims], input_shapes), dtype)
+              for name, dims, dtype in raw_inputs]
+    try:
+        mod = from_tflite(model, shape_dict={t.name: t.shape for t in inputs}, dtype_dict={t.name: t.dtype for t in inputs})
+    except Exception as err:  # noqa: BLE001
+        raise QCompileError(f"{path}: TFLite import failed: {last_line(err)}") from None
+    # Weights are already constants in the body; the "params" copy would only bloat the artifact.
+    mod["main"] = mod["main"].without_attr("params")
+    outputs = output_infos(mod, [_tensor_name(subgraph, i) for i in outputs_idx])
+    layer_names = [name for code, name in ops if code in COMPUTE_OPS]
+    return ImportedModel(mod, inputs, outputs, str(path), "tflite", layer_names)
