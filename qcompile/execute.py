@@ -3,7 +3,7 @@ bundle's runner under the target's emulator (qemu-user). Inputs and outputs are 
 
 from __future__ import annotations
 
-import os
+import shutil
 import statistics
 import subprocess
 import time
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import read_metadata
+from .atomic import atomic_file
 from .errors import QCompileError
 from .runtime import runtime_dir
 from .targets import detect_host, get_target
@@ -93,8 +94,6 @@ def _run_emulated(path: Path, arrays: list[np.ndarray], spec, repeat: int, bundl
         latency = next((float(ln.split("=")[1]) for ln in proc.stdout.splitlines() if ln.startswith("latency_ms_median=")), None)
         return outputs, latency
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -132,11 +131,6 @@ def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunRe
         names = [f"output_{i}" for i in range(len(values))]
     outputs = dict(zip(names, values))
     if output is not None:
-        out = Path(output)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.npz")
-        try:
-            np.savez(tmp, **outputs)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(output) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **outputs)
     return RunResult(outputs, latency, how)

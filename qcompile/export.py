@@ -5,37 +5,29 @@ leaves a partial artifact behind."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from .artifact import metadata_source
+from .atomic import atomic_dir, atomic_file
 from .runtime import runtime_dir
 from .targets import TargetSpec
 from .toolchain import compiler, fresh_dir, link_options
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) -> Path:
     from tvm.support import cc as tvm_cc
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     work = fresh_dir("export")
-    tmp = _tmp_name(output)
     try:
         meta_src = work / "qcompile_metadata.cc"
         meta_src.write_text(metadata_source(metadata))
         fcompile = tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work), add_files=[str(meta_src)])
-        executable.export_library(str(tmp), fcompile=fcompile, workspace_dir=str(work))
-        os.replace(tmp, output)
+        with atomic_file(output) as tmp:
+            executable.export_library(str(tmp), fcompile=fcompile, workspace_dir=str(work))
     finally:
-        tmp.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
-    return output
+    return Path(output)
 
 
 BUNDLE_README = """# {name}: qcompile deploy bundle for {target}
@@ -55,12 +47,8 @@ median latency. Nothing else needs to be installed: the runner finds the librari
 
 
 def write_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict) -> Path:
-    bundle = Path(bundle)
     runtime = runtime_dir(spec)
-    tmp = _tmp_name(bundle)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(bundle) as tmp:
         shutil.copy2(artifact, tmp / "model.so")
         for name in ("libtvm_runtime.so", "libtvm_ffi.so", "qcompile_run"):
             shutil.copy2(runtime / name, tmp / name)
@@ -71,9 +59,4 @@ def write_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict)
             input_files=" ".join(f"{t['name']}.npy" for t in metadata["inputs"]),
             output_names=", ".join(f"{i}: `{t['name']}`" for i, t in enumerate(metadata["outputs"])),
         ))
-        if bundle.exists():
-            shutil.rmtree(bundle)
-        os.replace(tmp, bundle)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return bundle
+    return Path(bundle)

@@ -11,7 +11,6 @@ COMPUTE_OPS = {
 def layer_table(mod, source_names: list[str] | None = None, func_name: str = "main") -> list[dict]:
     """One row per compute op in `func_name`, in program order: its name in the source model
     (when the frontend's list matches one to one, else op and index), op and dtypes."""
-    from tvm import relax
 
     rows = []
 

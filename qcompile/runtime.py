@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+from .atomic import atomic_dir
 from .errors import QCompileError
 from .targets import TargetSpec
 from .toolchain import compiler, run_checked
@@ -85,10 +85,7 @@ def runtime_dir(spec: TargetSpec) -> Path:
     if (final / "qcompile_run").is_file():
         return final
     cc = compiler(spec)
-    tmp = final.with_name(f"{key}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(final) as tmp:
         if native:
             for name, rel in RUNTIME_LIBS.items():
                 shutil.copy2(_installed_lib(rel), tmp / name)
@@ -98,13 +95,4 @@ def runtime_dir(spec: TargetSpec) -> Path:
         run_checked([cc, "-std=c++17", "-O2", f"-I{inc}", f"-I{inc / 'dlpack'}", str(RUNNER_SOURCE),
                      "-o", str(tmp / "qcompile_run"), f"-L{tmp}", "-Wl,--no-as-needed", "-ltvm_ffi",
                      "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"], f"building the runner for '{spec.name}'")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def host_arch() -> str:
-    return platform.machine()
