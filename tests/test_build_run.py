@@ -46,6 +46,16 @@ def test_real_model_on_rpi5_under_qemu_matches_onnxruntime(rpi5_artifact, real_m
     assert result.how.startswith("emulated (qemu-aarch64")
 
 
+@requires("qemu-aarch64")
+def test_rpi4_artifact_runs_under_qemu(small_cnn_path, tmp_path):
+    so = qcompile.build(small_cnn_path, "rpi4", tmp_path / "m.so").artifact
+    assert qcompile.inspect(so)["llvm"]["mcpu"] == "cortex-a72"
+    x = np.random.default_rng(2).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    result = qcompile.run(so, {"x": x}, repeat=2)
+    np.testing.assert_allclose(result.outputs["logits"], reference(small_cnn_path, {"x": x})[0], atol=1e-5)
+    assert result.latency_ms is not None and result.latency_ms > 0
+
+
 def test_rpi5_artifact_and_bundle(rpi5_artifact):
     so = str(rpi5_artifact.artifact)
     assert "AArch64" in _readelf("-h", so)
