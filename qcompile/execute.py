@@ -16,7 +16,7 @@ from .artifact import read_metadata
 from .atomic import atomic_file
 from .errors import QCompileError
 from .runtime import runtime_dir
-from .targets import detect_host, get_target
+from .targets import TargetSpec, detect_host
 from .toolchain import emulator, fresh_dir
 
 
@@ -110,10 +110,10 @@ def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunRe
     path = Path(artifact)
     meta = read_metadata(path)
     arrays = load_inputs(inputs, meta)
-    spec = get_target(meta["target"]) if meta["target"] != "host" else None
+    spec = TargetSpec.from_json(meta["target_spec"])
     if meta.get("kind") == "cuda":
         raise QCompileError(f"{path}: a CUDA artifact runs only on a machine with an NVIDIA GPU and its driver")
-    if spec is not None and spec.toolchain.get("libc") == "bionic":
+    if spec.toolchain.get("libc") == "bionic":
         raise QCompileError(f"{path}: '{meta['target']}' artifacts run on Android devices only (copy the bundle there)")
     if meta["arch"] == detect_host()["arch"]:
         lacking = _missing_features(meta)
@@ -121,7 +121,7 @@ def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunRe
             raise QCompileError(f"{path}: built for '{meta['target']}', which needs CPU features this machine lacks: {', '.join(lacking)}")
         values, latency = _run_native(path, arrays, repeat)
         how = "native"
-    elif spec is not None and spec.runtime.get("emulator"):
+    elif spec.runtime.get("emulator"):
         values, latency = _run_emulated(path, arrays, spec, repeat, bundle)
         how = f"emulated ({spec.runtime['emulator'][0]})"
     else:

@@ -60,6 +60,7 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
         "llvm": spec.llvm,
         "cuda": spec.cuda,
         "schedule_family": spec.schedule_family,
+        "target_spec": spec.to_json(),
         "source": Path(imported.source).name,
         "format": imported.format,
         "inputs": [t.to_json() for t in imported.inputs],

@@ -52,6 +52,14 @@ class TargetSpec:
     def features(self) -> list[str]:
         return list(self.llvm.get("mattr", []))
 
+    def to_json(self) -> dict:
+        """Everything but the source path: an artifact carries its target, whatever targets/ holds later."""
+        return {k: v for k, v in self.__dict__.items() if k != "source"}
+
+    @staticmethod
+    def from_json(data: dict) -> "TargetSpec":
+        return TargetSpec(**data)
+
 
 def _cpu_flags() -> set[str]:
     try:

@@ -151,6 +151,18 @@ def test_missing_cross_compiler_names_the_debian_package(small_cnn_path, tmp_pat
     assert not (tmp_path / "m.so").exists()
 
 
+@requires("qemu-aarch64")
+def test_artifact_of_a_custom_target_file_runs_without_that_file(small_cnn_path, tmp_path):
+    from qcompile.targets import TARGETS_DIR
+
+    board = tmp_path / "board.toml"
+    board.write_text((TARGETS_DIR / "rpi4.toml").read_text().replace('name = "rpi4"', 'name = "board"'))
+    so = qcompile.build(small_cnn_path, str(board), tmp_path / "m.so").artifact
+    board.unlink()
+    x = np.ones((1, 1, 8, 8), np.float32)
+    np.testing.assert_allclose(qcompile.run(so, {"x": x}).outputs["logits"], reference(small_cnn_path, {"x": x})[0], atol=1e-5)
+
+
 def test_not_an_artifact(tmp_path, small_cnn_path):
     with pytest.raises(QCompileError, match="no ELF header"):
         qcompile.inspect(small_cnn_path)

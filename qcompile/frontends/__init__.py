@@ -22,7 +22,8 @@ def _format_of(path: Path) -> str:
         return "tflite"
     if suffix in (".pt2", ".ep"):
         return "torch"
-    head = path.read_bytes()[:8]
+    with open(path, "rb") as f:
+        head = f.read(8)
     if head[4:8] == b"TFL3":
         return "tflite"
     if head[:2] == b"PK":
