@@ -97,10 +97,7 @@ def _run_emulated(path: Path, arrays: list[np.ndarray], spec, repeat: int, bundl
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _missing_features(meta: dict) -> list[str]:
-    host = detect_host()
-    if meta["arch"] != host["arch"]:
-        return []
+def _missing_features(meta: dict, host: dict) -> list[str]:
     have = set(host["llvm"].get("mattr", []))
     return [f for f in meta["llvm"].get("mattr", []) if f.startswith("+") and f not in have]
 
@@ -115,8 +112,9 @@ def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunRe
         raise QCompileError(f"{path}: a CUDA artifact runs only on a machine with an NVIDIA GPU and its driver")
     if spec.toolchain.get("libc") == "bionic":
         raise QCompileError(f"{path}: '{meta['target']}' artifacts run on Android devices only (copy the bundle there)")
-    if meta["arch"] == detect_host()["arch"]:
-        lacking = _missing_features(meta)
+    host = detect_host()
+    if meta["arch"] == host["arch"]:
+        lacking = _missing_features(meta, host)
         if lacking:
             raise QCompileError(f"{path}: built for '{meta['target']}', which needs CPU features this machine lacks: {', '.join(lacking)}")
         values, latency = _run_native(path, arrays, repeat)
@@ -125,7 +123,7 @@ def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunRe
         values, latency = _run_emulated(path, arrays, spec, repeat, bundle)
         how = f"emulated ({spec.runtime['emulator'][0]})"
     else:
-        raise QCompileError(f"{path}: a {meta['arch']} artifact cannot run on this {detect_host()['arch']} machine and its target has no emulator")
+        raise QCompileError(f"{path}: a {meta['arch']} artifact cannot run on this {host['arch']} machine and its target has no emulator")
     names = [t["name"] for t in meta["outputs"]]
     if len(values) != len(names):
         names = [f"output_{i}" for i in range(len(values))]

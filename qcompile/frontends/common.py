@@ -31,8 +31,12 @@ class ImportedModel:
     layer_names: list[str] = field(default_factory=list)  # source names of compute ops, in order
 
 
-def raise_unsupported(source: str, unsupported: dict[str, list[str]]) -> None:
-    """One error listing every unsupported op with the names of the nodes that use it."""
+def raise_unsupported(source: str, unsupported_nodes) -> None:
+    """One error listing every unsupported op with the names of the nodes that use it.
+    `unsupported_nodes` yields (op, node name) pairs, in model order."""
+    unsupported: dict[str, list[str]] = {}
+    for op, node in unsupported_nodes:
+        unsupported.setdefault(op, []).append(node)
     if not unsupported:
         return
     parts = []

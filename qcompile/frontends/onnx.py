@@ -30,16 +30,15 @@ def read_onnx(path: Path):
     return model
 
 
-def unsupported_nodes(model) -> dict[str, list[str]]:
+def unsupported_nodes(model):
+    """(op, node name) for every node TVM's ONNX frontend cannot convert."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     supported = set(_get_convert_map()) | {"Constant", "If"}
-    found: dict[str, list[str]] = {}
     for i, node in enumerate(model.graph.node):
-        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        if node.op_type not in supported or node.domain not in ("", "ai.onnx"):
-            found.setdefault(op, []).append(node.name or f"#{i}")
-    return found
+        standard = node.domain in ("", "ai.onnx")
+        if node.op_type not in supported or not standard:
+            yield (node.op_type if standard else f"{node.domain}.{node.op_type}"), node.name or f"#{i}"
 
 
 def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:

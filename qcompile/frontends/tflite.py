@@ -40,11 +40,7 @@ def load_tflite(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel
                       for i in inputs_idx]
     except Exception as err:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere
         raise QCompileError(f"{path}: not a valid TFLite model ({last_line(err)})") from None
-    unsupported: dict[str, list[str]] = {}
-    for code, name in ops:
-        if code not in converter.convert_map:
-            unsupported.setdefault(code, []).append(name)
-    raise_unsupported(str(path), unsupported)
+    raise_unsupported(str(path), ((code, name) for code, name in ops if code not in converter.convert_map))
     check_input_names(str(path), [name for name, _, _ in raw_inputs], input_shapes)
     inputs = [TensorInfo(name, resolve_shape(str(path), name, [int(d) for d in dims], input_shapes), dtype)
               for name, dims, dtype in raw_inputs]

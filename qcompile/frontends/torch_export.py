@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import QCompileError
-from .common import ImportedModel, TensorInfo, check_input_names, last_line, output_infos, raise_unsupported
+from .common import ImportedModel, TensorInfo, last_line, output_infos, raise_unsupported
 
 COMPUTE_TARGETS = ("convolution.", "conv1d.", "conv2d.", "linear.", "matmul.", "mm.", "addmm.", "bmm.", "conv_transpose2d.")
 
@@ -27,18 +27,14 @@ def load_exported_program(path: Path, input_shapes: dict[str, list[int]]) -> Imp
         raise QCompileError(f"{path}: a torch.export program has fixed shapes; re-export it instead of --input-shape")
     program = program.run_decompositions()
     supported = ExportedProgramImporter().convert_map
-    unsupported: dict[str, list[str]] = {}
-    for node in program.graph.nodes:
-        if node.op == "call_function" and node.target.__name__ not in supported:
-            unsupported.setdefault(node.target.__name__, []).append(node.name)
-    raise_unsupported(str(path), unsupported)
+    raise_unsupported(str(path), ((node.target.__name__, node.name) for node in program.graph.nodes
+                                  if node.op == "call_function" and node.target.__name__ not in supported))
     user_inputs = set(program.graph_signature.user_inputs)
     inputs = []
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in user_inputs:
             val = node.meta["val"]
             inputs.append(TensorInfo(node.name, tuple(int(d) for d in val.shape), str(val.dtype).removeprefix("torch.")))
-    check_input_names(str(path), [t.name for t in inputs], input_shapes)
     try:
         mod = from_exported_program(program, keep_params_as_input=False, unwrap_unit_return_tuple=True,
                                     run_ep_decomposition=False)
