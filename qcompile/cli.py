@@ -25,8 +25,20 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]]:
 def cmd_build(args) -> None:
     from .pipeline import build
 
-    result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle)
-    print(f"wrote {result.artifact} ({result.metadata['target']}, {result.artifact.stat().st_size / 1e6:.2f} MB)")
+    quantize = None
+    if args.quantize:
+        quantize = {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
+                    "per_channel": args.per_channel, "symmetric": not args.asymmetric,
+                    "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ())}
+    elif args.calib:
+        raise QCompileError("--calib is only used with --quantize int8")
+    result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle,
+                   quantize=quantize, calib=args.calib, report=args.report)
+    meta = result.metadata
+    print(f"wrote {result.artifact} ({meta['target']}, {result.artifact.stat().st_size / 1e6:.2f} MB; "
+          f"weights {meta['weight_bytes'] / 1e6:.2f} MB, float weights {meta['float_weight_bytes'] / 1e6:.2f} MB)")
+    if args.report:
+        print(f"wrote report {args.report}")
     if result.bundle:
         print(f"wrote bundle {result.bundle}/")
 
@@ -86,6 +98,22 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--output", "-o", default="model.so", help="artifact path (default model.so)")
     b.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
     b.add_argument("--bundle", metavar="DIR", help="also write a deploy bundle (runtime libraries, runner, README)")
+    q = b.add_argument_group("quantization")
+    q.add_argument("--quantize", choices=["int8"], help="quantize to int8 (pre-quantized QDQ models need no flag)")
+    q.add_argument("--mode", default="static", choices=["static", "simulate", "dynamic", "weight-only"],
+                   help="static: integer kernels from calibration (default); simulate: fake-quant in float; "
+                        "dynamic / weight-only: int8 matmul weights, no calibration")
+    q.add_argument("--calib", metavar="DATA", help="calibration data: .npz or a folder of .npy keyed by input name")
+    q.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    q.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile (default 99.99)")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                   help="weight scales per output channel (default)")
+    g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
+    q.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric activations (default int8 symmetric)")
+    q.add_argument("--skip", action="append", metavar="LAYER", help="keep this layer in float (repeatable)")
+    q.add_argument("--skip-op", action="append", metavar="OP", help="keep every op of this kind in float, e.g. add")
+    q.add_argument("--report", metavar="JSON", help="write the per-layer report (precision, scales, sizes)")
     b.set_defaults(func=cmd_build)
 
     r = sub.add_parser("run", help="run an artifact on .npz inputs (emulated for other architectures)")

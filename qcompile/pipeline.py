@@ -23,10 +23,39 @@ class BuildResult:
 
 
 def float_passes():
-    """Inference simplifications every build gets before quantization or scheduling."""
+    """Inference simplifications every build gets before quantization or scheduling: batch
+    norms folded into the convolutions before them, constants folded, aliases removed."""
+    import tvm
     from tvm import relax
 
-    return [relax.transform.DecomposeOpsForInference(), relax.transform.FoldConstant()]
+    from .canonicalize import canonicalize_clip
+
+    return [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
+            relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
+            tvm.transform.module_pass(lambda mod, _ctx: canonicalize_clip(mod), opt_level=0, name="CanonicalizeClip"),
+            relax.transform.DeadCodeElimination()]
+
+
+def weight_bytes(mod) -> int:
+    """Bytes of the tensor constants (the weights) that `main`'s bindings hold."""
+    from .quantize.ir import const_value, constants_in, main_bindings
+
+    return sum(const_value(c).nbytes for _, value in main_bindings(mod) for c in constants_in(value))
+
+
+def quantize_step(mod, imported, quantize, calib):
+    """(module, quantization report or None): the user's quantization, or the realization of a
+    pre-quantized (QDQ) model, which would otherwise run as float with fake quantization."""
+    from .quantize import QuantConfig, has_qdq, quantize_module, realize
+
+    if quantize is None:
+        if not has_qdq(mod):
+            return mod, None
+        return realize(mod), {"config": {"mode": "pre-quantized (QDQ)"}, "layers": []}
+    if has_qdq(mod):
+        raise QCompileError(f"{imported.source}: the model is already quantized (QDQ); build it without --quantize")
+    config = quantize if isinstance(quantize, QuantConfig) else QuantConfig(**quantize)
+    return quantize_module(mod, imported.inputs, calib, config, imported.layer_names)
 
 
 def compile_module(mod, spec):
@@ -43,14 +72,17 @@ def compile_module(mod, spec):
 
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
-          bundle=None) -> BuildResult:
-    """Compile `model` for `target` into the shared library `output` (and a deploy bundle)."""
+          bundle=None, quantize=None, calib=None, report=None) -> BuildResult:
+    """Compile `model` for `target` into the shared library `output` (and a deploy bundle).
+    `quantize`: a QuantConfig (or its fields as a dict) to quantize with `calib` data; `report`:
+    a JSON path for the per-layer quantization report."""
     import tvm
 
     spec = get_target(target)
     compiler(spec)  # a missing toolchain fails before minutes of work
     imported = load_model(model, input_shapes)
-    mod = tvm.transform.Sequential(float_passes())(imported.mod)
+    float_mod = tvm.transform.Sequential(float_passes())(imported.mod)
+    mod, quant_report = quantize_step(float_mod, imported, quantize, calib)
     meta = {
         "qcompile_version": pkg_metadata.version("qcompile"),
         "tvm_version": tvm.__version__,
@@ -67,11 +99,16 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
         "outputs": [t.to_json() for t in imported.outputs],
         "layers": layer_table(mod, imported.layer_names),
         "built_on": platform.machine(),
+        "quantization": quant_report["config"] if quant_report else None,
+        "weight_bytes": weight_bytes(mod),
+        "float_weight_bytes": weight_bytes(float_mod),
     }
     executable = compile_module(mod, spec)
     from .export import write_bundle, write_library
 
     artifact = write_library(executable, spec, Path(output), meta)
+    if report is not None:
+        write_report(Path(report), meta, quant_report, artifact)
     bundle_path = None
     if bundle is not None:
         try:
@@ -80,3 +117,17 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
             artifact.unlink(missing_ok=True)
             raise
     return BuildResult(artifact, bundle_path, meta)
+
+
+def write_report(path: Path, meta: dict, quant_report: dict | None, artifact: Path) -> None:
+    import json
+
+    from .atomic import atomic_file
+
+    data = {"artifact": str(artifact), "artifact_bytes": artifact.stat().st_size, "target": meta["target"],
+            "weight_bytes": meta["weight_bytes"], "float_weight_bytes": meta["float_weight_bytes"],
+            "quantization": quant_report["config"] if quant_report else None,
+            "calibration_batches": (quant_report or {}).get("calibration_batches"),
+            "layers": (quant_report or {}).get("layers") or meta["layers"], "compiled_layers": meta["layers"]}
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2))

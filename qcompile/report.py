@@ -8,29 +8,34 @@ COMPUTE_OPS = {
 }
 
 
-def layer_table(mod, source_names: list[str] | None = None, func_name: str = "main") -> list[dict]:
-    """One row per compute op in `func_name`, in program order: its name in the source model
-    (when the frontend's list matches one to one, else op and index), op and dtypes."""
-
-    rows = []
-
-    def visit(binding):
-        value = binding.value
-        op_name = getattr(getattr(value, "op", None), "name", None)
-        if op_name in COMPUTE_OPS:
-            args = [a for a in value.args if hasattr(a, "ty") and hasattr(a.ty, "dtype")]
-            rows.append({
-                "name": f"{COMPUTE_OPS[op_name]}_{len(rows)}",
-                "op": COMPUTE_OPS[op_name],
-                "input_dtype": str(args[0].ty.dtype) if args else "",
-                "weight_dtype": str(args[1].ty.dtype) if len(args) > 1 else "",
-                "output_dtype": str(binding.var.ty.dtype) if hasattr(binding.var.ty, "dtype") else "",
-            })
-
+def _compute_bindings(mod, func_name: str = "main"):
     for block in mod[func_name].body.blocks:
         for binding in block.bindings:
-            visit(binding)
-    if source_names and len(source_names) == len(rows):
-        for row, name in zip(rows, source_names):
-            row["name"] = name
+            op_name = getattr(getattr(binding.value, "op", None), "name", None)
+            if op_name in COMPUTE_OPS:
+                yield binding, COMPUTE_OPS[op_name]
+
+
+def compute_layer_names(mod, source_names: list[str] | None = None, func_name: str = "main") -> dict:
+    """Binding var -> layer name for every compute op: its name in the source model when the
+    frontend's list matches the ops one to one, else op and index."""
+    bindings = list(_compute_bindings(mod, func_name))
+    use_source = bool(source_names) and len(source_names) == len(bindings)
+    return {b.var: (source_names[i] if use_source else f"{op}_{i}") for i, (b, op) in enumerate(bindings)}
+
+
+def layer_table(mod, source_names: list[str] | None = None, func_name: str = "main") -> list[dict]:
+    """One row per compute op in `func_name`, in program order: name, op and dtypes."""
+    names = compute_layer_names(mod, source_names, func_name)
+    rows = []
+    for binding, op in _compute_bindings(mod, func_name):
+        value = binding.value
+        args = [a for a in value.args if hasattr(a, "ty") and hasattr(a.ty, "dtype")]
+        rows.append({
+            "name": names[binding.var],
+            "op": op,
+            "input_dtype": str(args[0].ty.dtype) if args else "",
+            "weight_dtype": str(args[1].ty.dtype) if len(args) > 1 else "",
+            "output_dtype": str(binding.var.ty.dtype) if hasattr(binding.var.ty, "dtype") else "",
+        })
     return rows

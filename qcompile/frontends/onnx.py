@@ -41,12 +41,96 @@ def unsupported_nodes(model):
             yield (node.op_type if standard else f"{node.domain}.{node.op_type}"), node.name or f"#{i}"
 
 
+def fold_constant_nodes(model):
+    """Evaluate (with onnx's reference runtime) every node whose inputs are all constants, e.g.
+    the pad-size arithmetic torch's exporter writes, which TVM's importer cannot take as data."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    known = {init.name for init in model.graph.initializer}
+    graph_outputs = {o.name for o in model.graph.output}
+    kept, new_inits = [], []
+    values = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        inputs_known = node.op_type == "Constant" or (node.input and all(i in known for i in node.input if i))
+        foldable = (node.domain in ("", "ai.onnx") and inputs_known
+                    and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+                    and node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                                             "Multinomial", "QuantizeLinear", "DequantizeLinear")
+                    and not graph_outputs.intersection(node.output))
+        if foldable:
+            try:
+                feeds = {i: numpy_helper.to_array(values[i]) for i in node.input if i}
+                results = ReferenceEvaluator(node).run(None, feeds)
+            except Exception:  # noqa: BLE001 - an op the reference runtime lacks stays in the graph
+                results = None
+            if results is not None:
+                for name, value in zip(node.output, results):
+                    init = numpy_helper.from_array(value, name)
+                    values[name] = init
+                    new_inits.append(init)
+                    known.add(name)
+                continue
+        kept.append(node)
+    if new_inits:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        model.graph.initializer.extend(new_inits)
+    return model
+
+
+def fuse_pad_into_conv(model):
+    """Pad(zeros, constant pads) -> Conv becomes one Conv with larger pads, as onnxoptimizer's
+    pass of that name does (torch exports TF-style "same" padding this way)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    producers = {out: node for node in model.graph.node for out in node.output}
+    drop = set()
+    for conv in model.graph.node:
+        pad = producers.get(conv.input[0]) if conv.op_type == "Conv" and conv.input else None
+        if pad is None or pad.op_type != "Pad" or uses.get(pad.output[0]) != 1 or len(pad.input) < 2:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+        mode = attrs.get("mode", b"constant")
+        if (mode not in (b"constant", "constant") or pad.input[1] not in inits or (len(pad.input) > 2 and pad.input[2]
+                and (pad.input[2] not in inits or numpy_helper.to_array(inits[pad.input[2]]).any()))
+                or (len(pad.input) > 3 and pad.input[3])):
+            continue
+        pads = numpy_helper.to_array(inits[pad.input[1]]).astype(int).tolist()
+        rank = len(pads) // 2
+        begin, end = pads[:rank], pads[rank:]
+        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        if begin[:2] != [0, 0] or end[:2] != [0, 0] or min(pads) < 0 or conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        old = list(conv_attrs.get("pads", [0] * (2 * (rank - 2))))
+        spatial = rank - 2
+        new = [old[i] + begin[2 + i] for i in range(spatial)] + [old[spatial + i] + end[2 + i] for i in range(spatial)]
+        for a in list(conv.attribute):
+            if a.name == "pads":
+                conv.attribute.remove(a)
+        conv.attribute.append(helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        drop.add(id(pad))
+    if drop:
+        kept = [n for n in model.graph.node if id(n) not in drop]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return model
+
+
 def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
     model = read_onnx(path)
     raise_unsupported(str(path), unsupported_nodes(model))
+    model = fuse_pad_into_conv(fold_constant_nodes(model))
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in initializers]
     check_input_names(str(path), [vi.name for vi in graph_inputs], input_shapes)

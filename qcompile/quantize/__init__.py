@@ -1,5 +1,126 @@
-"""Post-training quantization as Relax passes: annotate -> calibrate -> realize.
+"""Post-training quantization as Relax passes: annotate -> calibrate -> insert_qdq -> realize.
 
-Landed so far: the calibration algorithms (range estimation, quantization parameters) and the
-calibration-data loader, written once and independent of any backend.
-"""
+`quantize_module` is the one entry point: a float Relax module (after the float passes) and a
+QuantConfig in, the quantized module and a per-layer report out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import QCompileError
+from .annotate import Plan, Policy, annotate, plan
+from .calib_data import load_calibration
+from .calibrate import choose_qparams, collect
+from .dynamic import MODES as DYNAMIC_MODES
+from .dynamic import dynamic_quantize
+from .insert_qdq import insert_qdq, weight_axis
+from .ir import const_value, is_const, main_bindings, op_name
+from .params import QParams, weight_qparams
+from .ranges import METHODS
+from .realize import realize
+
+STATIC_MODES = ("static", "simulate")
+ALL_MODES = STATIC_MODES + DYNAMIC_MODES
+
+
+@dataclass
+class QuantConfig:
+    mode: str = "static"  # static (integer kernels), simulate (fake-quant in float), dynamic, weight-only
+    method: str = "minmax"  # calibration: minmax | percentile | entropy | mse
+    percentile: float = 99.99
+    per_channel: bool = True  # weights per output channel (else per tensor)
+    symmetric: bool = True  # activations int8 symmetric (else uint8 asymmetric)
+    skip_layers: frozenset = field(default_factory=frozenset)
+    skip_ops: frozenset = field(default_factory=frozenset)
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.mode not in ALL_MODES:
+            raise QCompileError(f"unknown quantization mode '{self.mode}'; choose from {', '.join(ALL_MODES)}")
+        if self.method not in METHODS:
+            raise QCompileError(f"unknown calibration method '{self.method}'; choose from {', '.join(METHODS)}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise QCompileError(f"percentile {self.percentile} is outside (0, 100]")
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "method": self.method, "percentile": self.percentile,
+                "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor"),
+                "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric"}
+
+
+def has_qdq(mod) -> bool:
+    """True for a pre-quantized (QDQ) model: it already holds quantize/dequantize ops."""
+    return any(op_name(v) in ("quantize", "dequantize") for _, v in main_bindings(mod))
+
+
+def _scale_summary(qp: QParams | None) -> dict | None:
+    if qp is None:
+        return None
+    s = np.atleast_1d(qp.scale)
+    if s.size == 1:
+        return {"scale": float(s[0]), "zero_point": int(np.atleast_1d(qp.zero_point)[0]), "dtype": qp.dtype}
+    return {"scale_min": float(s.min()), "scale_max": float(s.max()), "channels": int(s.size), "dtype": qp.dtype}
+
+
+def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> list[dict]:
+    defs = dict(main_bindings(mod))
+    rows = []
+    for node in p.nodes:
+        row = {"name": node.name, "op": node.op, "precision": "int8" if node.quantized else "fp32",
+               "inputs": [_scale_summary(qparams.get(p.site_of(v))) for v in node.inputs] if node.quantized else [],
+               "output": _scale_summary(qparams.get(p.sites.get(node.outputs[0]))) if node.outputs else None}
+        first = defs.get(node.members[0])
+        if node.kind == "compute" and node.quantized and is_const(first.args[1]):
+            w = const_value(first.args[1])
+            row["weight"] = _scale_summary(weight_qparams(w, weight_axis(op_name(first), w, config.per_channel)))
+        rows.append(row)
+    return rows
+
+
+def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, layer_names=None):
+    """(quantized module, report dict). `inputs` are the model's TensorInfos; `calib` is the
+    calibration data (required by the static and simulate modes)."""
+    config = config or QuantConfig()
+    config.check()
+    report = {"config": config.describe(), "layers": []}
+    if config.mode in DYNAMIC_MODES:
+        out = dynamic_quantize(mod, config.mode, config.per_channel, config.skip_layers, layer_names)
+        report["layers"] = [{"name": n, "op": "matmul", "precision": f"int8 ({config.mode})"}
+                            for n in _matmul_names(mod, layer_names) if n not in config.skip_layers]
+        return out, report
+    if calib is None:
+        raise QCompileError(f"--quantize int8 ({config.mode}) needs calibration data (--calib)")
+    batches = load_calibration(calib, inputs)
+    policy = Policy(frozenset(config.skip_layers), frozenset(config.skip_ops))
+    p = plan(mod, layer_names, policy)
+    _check_skips(p, config)
+    annotated = annotate(mod, layer_names, policy)
+    observers = collect(annotated, batches, [t.name for t in inputs], config.progress)
+    qparams = choose_qparams(observers, config.method, config.percentile, config.symmetric)
+    simulated = insert_qdq(annotated, qparams, config.per_channel)
+    report["layers"] = _report(mod, p, qparams, config)
+    report["calibration_batches"] = len(batches)
+    if config.mode == "simulate":
+        return simulated, report
+    return realize(simulated, config.per_channel), report
+
+
+def _matmul_names(mod, layer_names) -> list[str]:
+    from ..report import compute_layer_names
+
+    names = compute_layer_names(mod, layer_names)
+    return [names[v] for v, value in main_bindings(mod) if op_name(value) == "matmul" and is_const(value.args[1])]
+
+
+def _check_skips(p: Plan, config: QuantConfig) -> None:
+    known = {n.name for n in p.nodes}
+    unknown = sorted(set(config.skip_layers) - known)
+    if unknown:
+        shown = ", ".join(sorted(known)[:8])
+        raise QCompileError(f"--skip names unknown layer(s) {unknown}; layers include: {shown}")
+
+
+__all__ = ["QuantConfig", "quantize_module", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
+           "dynamic_quantize", "METHODS", "ALL_MODES"]

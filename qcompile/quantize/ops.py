@@ -1,0 +1,64 @@
+"""What the quantizer knows about each Relax op, as tables: which ops compute with weights,
+which are elementwise (and how to evaluate them for a lookup table), which only move data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _clip(x, lo, hi):
+    return np.clip(x, lo, hi)
+
+
+# op -> numpy function of float64 arrays (scalar constants and PrimValue attributes passed as
+# numbers). A chain of these over one 8-bit tensor becomes one 256-entry lookup table.
+ELEMENTWISE = {
+    "add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
+    "maximum": np.maximum, "minimum": np.minimum, "power": np.power,
+    "clip": _clip, "nn.relu": lambda x: np.maximum(x, 0.0), "negative": np.negative, "abs": np.abs,
+    "sigmoid": _sigmoid, "tanh": np.tanh, "exp": np.exp, "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x), "erf": _erf, "square": np.square,
+    "nn.silu": lambda x: x * _sigmoid(x), "nn.gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "nn.gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "floor": np.floor, "ceil": np.ceil, "round": np.round,
+}
+
+# Ops whose weight operand (index 1) is per-output-channel quantized along `weight_axis`;
+# the int32 result's channel axis is `out_axis` (negative: from the end).
+COMPUTE = {
+    "nn.conv2d": {"weight_axis": 0, "out_axis": 1},
+    "nn.conv1d": {"weight_axis": 0, "out_axis": 1},
+    "matmul": {"weight_axis": -1, "out_axis": -1},
+}
+
+# Ops that follow a compute op and stay exact on its int32 accumulator.
+EPILOGUE = {"add", "subtract", "nn.relu", "clip"}
+
+# Binary ops between two activations with an integer form.
+BINARY = {"add", "subtract", "multiply"}
+
+# Ops that move or select 8-bit values without changing their scale.
+PASSTHROUGH = {
+    "reshape", "permute_dims", "flatten", "squeeze", "expand_dims", "strided_slice",
+    "nn.max_pool2d", "nn.max_pool1d", "nn.adaptive_max_pool2d",
+}
+
+# Reductions whose int32 sum has an exact scale.
+REDUCE = {"mean", "sum"}
+
+CONCAT = {"concat"}
+
+OP_KINDS = {"compute": set(COMPUTE), "binary": BINARY, "reduce": REDUCE, "concat": CONCAT,
+            "elementwise": set(ELEMENTWISE)}
+
+
+def short_name(op: str) -> str:
+    return op.split(".")[-1]

@@ -1,0 +1,416 @@
+"""realize: rewrite a QDQ module (ours after calibration, or an imported QDQ model) into
+integer arithmetic.
+
+The pass walks `main` in order and keeps, for each float tensor that has an integer form, how
+it is represented instead of emitting it:
+  IntRep    an integer tensor and its scale (per tensor or per channel) and zero point:
+            8-bit after a quantize, int32 after a conv2d/matmul (int8 x int8 -> int32) or a sum;
+  TableRep  an elementwise function of one 8-bit tensor, kept as its 256 values.
+Ops are rewritten by the rules below as long as their inputs have such forms; a quantize of an
+int32 form is a requantize (integer multiplier and shift), of a table a lookup. Float values are
+produced only where a float op reads them (a float island) or the model returns them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import relax
+from tvm.relax import op as R
+
+from .insert_qdq import weight_axis
+from .ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape
+from .ops import COMPUTE, ELEMENTWISE, PASSTHROUGH
+from .params import weight_qparams
+
+NARROW = ("int8", "uint8")
+LAYOUT = PASSTHROUGH - {"nn.max_pool2d", "nn.max_pool1d", "nn.adaptive_max_pool2d"}
+ACC_BITS = 24  # int32 headroom kept when two inputs are brought to a common scale
+
+
+@dataclass(frozen=True)
+class IntRep:
+    var: relax.Expr
+    scale: np.ndarray  # float64, () or (C,)
+    zp: int
+    axis: int | None
+    dtype: str
+
+    @property
+    def narrow(self) -> bool:
+        return self.dtype in NARROW
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.axis is None
+
+    def scale_bcast(self, ndim: int) -> np.ndarray:
+        if self.axis is None:
+            return np.asarray(self.scale, np.float64)
+        shape = [1] * ndim
+        shape[self.axis] = -1
+        return np.asarray(self.scale, np.float64).reshape(shape)
+
+    def codes(self) -> np.ndarray:
+        info = np.iinfo(self.dtype)
+        return np.arange(info.min, info.max + 1)
+
+    def table(self) -> "TableRep":
+        return TableRep(self, (self.codes() - self.zp) * float(self.scale))
+
+    def bound(self) -> float:
+        """Largest magnitude this form can stand for."""
+        return 256.0 * float(np.max(self.scale))
+
+
+@dataclass(frozen=True)
+class TableRep:
+    source: IntRep  # 8-bit, per tensor
+    table: np.ndarray  # float64, one value per code of the source
+
+
+def fixed_point(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """multiplier ~= M / 2**n with M in [2**30, 2**31): integer M and shift n, elementwise."""
+    m = np.maximum(np.asarray(multiplier, np.float64), 1e-30)
+    n = np.clip(30 - np.floor(np.log2(m)), 1, 62).astype(np.int64)
+    return np.round(m * np.exp2(n)).astype(np.int64), n
+
+
+class Realizer:
+    def __init__(self, per_channel: bool = True):
+        self.per_channel = per_channel
+        self.reps: dict = {}
+        self.floats: dict = {}
+
+    # --- emitting integer arithmetic -------------------------------------------------------
+    def rescale(self, bb, rep: IntRep, scale, zp: int, dtype: str) -> relax.Expr:
+        """rep's values at a new scale and zero point: y = round(x * rep.scale / scale) + zp.
+        `scale` is a scalar, or per channel along rep's channel axis."""
+        ndim = len(tensor_shape(rep.var))
+        target = np.asarray(scale, np.float64)
+        if target.ndim == 1:
+            target = IntRep(rep.var, target, 0, rep.axis, rep.dtype).scale_bcast(ndim)
+        mult, shift = fixed_point(rep.scale_bcast(ndim) / target)
+        x = R.astype(rep.var, "int64")
+        if rep.zp:
+            x = R.subtract(x, const(rep.zp, "int64"))
+        y = R.multiply(x, const(mult, "int64"))
+        y = R.right_shift(R.add(y, const(np.left_shift(1, shift - 1), "int64")), const(shift, "int64"))
+        if zp:
+            y = R.add(y, const(zp, "int64"))
+        if dtype in NARROW:
+            info = np.iinfo(dtype)
+            y = R.clip(y, int(info.min), int(info.max))
+        return bb.emit(R.astype(y, dtype))
+
+    def widen(self, bb, rep) -> IntRep:
+        """An int32 form with zero point 0 (tables become int32 at 16-bit resolution)."""
+        if isinstance(rep, TableRep):
+            amax = max(float(np.abs(rep.table).max()), 1e-30)
+            scale = amax / 2**15
+            values = np.round(rep.table / scale).astype("int32")
+            return IntRep(self.lookup(bb, rep.source, values), np.float64(scale), 0, None, "int32")
+        if not rep.narrow:
+            return rep
+        x = R.astype(rep.var, "int32")
+        if rep.zp:
+            x = R.subtract(x, const(rep.zp, "int32"))
+        return IntRep(bb.emit(x), rep.scale, 0, rep.axis, "int32")
+
+    def lookup(self, bb, source: IntRep, values: np.ndarray) -> relax.Expr:
+        index = R.astype(source.var, "int32")
+        qmin = int(np.iinfo(source.dtype).min)
+        if qmin:
+            index = R.subtract(index, const(qmin, "int32"))
+        return bb.emit(R.take(relax.const(values), index, axis=0, mode="clip"))
+
+    def float_of(self, bb, x) -> relax.Expr:
+        """The float value of `x`, emitted once, where a float op needs it."""
+        rep = self.reps.get(x)
+        if rep is None:
+            return x
+        if x not in self.floats:
+            if isinstance(rep, TableRep):
+                out = self.lookup(bb, rep.source, rep.table.astype("float32"))
+            elif rep.narrow and rep.per_tensor:
+                out = bb.emit(R.dequantize(rep.var, const(rep.scale, "float32"), const(rep.zp, "int32"),
+                                           axis=-1, out_dtype="float32"))
+            else:
+                wide = self.widen(bb, rep)
+                ndim = len(tensor_shape(wide.var))
+                out = bb.emit(R.multiply(R.astype(wide.var, "float32"), const(wide.scale_bcast(ndim), "float32")))
+            self.floats[x] = out
+        return self.floats[x]
+
+    def common_scale(self, bb, reps: list) -> list[IntRep] | None:
+        """The inputs of an add or concat as int32 at one scale."""
+        reps = [self.widen(bb, r) if isinstance(r, TableRep) else r for r in reps]
+        if not all(r.per_tensor and (r.narrow or r.dtype == "int32") for r in reps):
+            return None
+        bounds = [r.bound() if r.narrow else 2.0**15 * float(r.scale) for r in reps]
+        scale = max(bounds) / 2**ACC_BITS
+        return [IntRep(self.rescale(bb, r, scale, 0, "int32"), np.float64(scale), 0, None, "int32") for r in reps]
+
+    # --- rules: each returns the new form of the binding, or None to leave it float --------
+    def quantize(self, bb, call):
+        x, scale, zp = call.args[:3]
+        rep = self.reps.get(x)
+        if not (is_const(scale) and is_const(zp)) or const_value(scale).size != 1:
+            return None
+        s, z, dtype = float(const_value(scale).reshape(())), int(const_value(zp).reshape(())), str(call.attrs.out_dtype)
+        if rep is None:
+            return bb.emit(call)  # float boundary: a real quantize
+        if isinstance(rep, TableRep):
+            info = np.iinfo(dtype)
+            return self.lookup(bb, rep.source, np.clip(np.round(rep.table / s) + z, info.min, info.max).astype(dtype))
+        if rep.narrow and rep.per_tensor and rep.dtype == dtype and rep.zp == z and np.isclose(float(rep.scale), s, rtol=1e-6):
+            return rep.var
+        return self.rescale(bb, rep, s, z, dtype)
+
+    def dequantize(self, bb, call):
+        q, scale, zp = call.args[:3]
+        if not (is_const(scale) and is_const(zp)):
+            return None
+        s, z = const_value(scale).astype(np.float64), const_value(zp)
+        if z.size == 1:
+            axis = None if s.size == 1 else int(call.attrs.axis) % len(tensor_shape(q))
+            return IntRep(q, s.reshape(()) if s.size == 1 else s, int(z.reshape(())), axis, str(q.ty.dtype))
+        return None
+
+    def compute(self, bb, call):
+        op = op_name(call)
+        x, w = call.args[0], call.args[1]
+        rx = self.reps.get(x)
+        if not isinstance(rx, IntRep) or not rx.narrow or not rx.per_tensor:
+            return None
+        rw = self.reps.get(w)
+        if is_const(w) and const_value(w).dtype.kind == "f":
+            wf = const_value(w)
+            qp = weight_qparams(wf, weight_axis(op, wf, self.per_channel))
+            rw = IntRep(relax.const(qp.quantize(wf)), qp.scale.astype(np.float64), 0, qp.axis, "int8")
+        if not isinstance(rw, IntRep) or not rw.narrow or (rw.zp and not is_const(rw.var)):
+            return None
+        if not rw.per_tensor and (op not in COMPUTE or rw.axis != COMPUTE[op]["weight_axis"] % len(tensor_shape(w))):
+            return None
+        if rx.zp or rx.dtype != "int8" or rw.dtype != "int8":
+            xin, win = self.widen_to(bb, rx, "int16"), self.widen_to(bb, rw, "int16")
+        else:
+            xin, win = rx.var, rw.var
+        if op == "matmul":
+            acc = bb.emit(R.matmul(xin, win, out_dtype="int32"))
+        else:
+            a = call.attrs
+            if a.data_layout not in ("NCHW", "NCW") or a.kernel_layout not in ("OIHW", "OIW"):
+                return None
+            fn = R.nn.conv2d if op == "nn.conv2d" else R.nn.conv1d
+            acc = bb.emit(fn(xin, win, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
+                             data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_dtype="int32"))
+        scale = np.float64(rx.scale) * rw.scale
+        axis = None if rw.per_tensor else COMPUTE[op]["out_axis"] % len(tensor_shape(acc))
+        return IntRep(acc, scale, 0, axis, "int32")
+
+    def widen_to(self, bb, rep: IntRep, dtype: str) -> relax.Expr:
+        if is_const(rep.var):
+            return relax.const((const_value(rep.var).astype(np.int32) - rep.zp).astype(dtype))
+        x = R.astype(rep.var, dtype)
+        return bb.emit(R.subtract(x, const(rep.zp, dtype)) if rep.zp else x)
+
+    def elementwise(self, bb, call):
+        op = op_name(call)
+        source, values = None, []
+        for a in call.args:
+            if is_var(a):
+                rep = self.reps.get(a)
+                if isinstance(rep, IntRep) and rep.narrow and rep.per_tensor:
+                    rep = rep.table()
+                if not isinstance(rep, TableRep) or (source is not None and not rep.source.var.same_as(source.var)):
+                    return None
+                source = rep.source
+                values.append(rep.table)
+            elif is_const(a):
+                if const_value(a).size != 1:
+                    return None
+                values.append(float(const_value(a).reshape(())))
+            else:
+                values.append(float(a.value))
+        if source is None:
+            return None
+        with np.errstate(all="ignore"):
+            table = np.asarray(ELEMENTWISE[op](*values), np.float64)
+        return TableRep(source, np.nan_to_num(table))
+
+    def on_int32(self, bb, call):
+        """Bias, ReLU, clip and positive scaling applied to an int32 accumulator, exactly."""
+        op = op_name(call)
+        rep = self.reps.get(call.args[0])
+        if not isinstance(rep, IntRep) or rep.narrow:
+            return None
+        shape = tensor_shape(rep.var)
+        sb = rep.scale_bcast(len(shape))
+        if op == "nn.relu":
+            return IntRep(bb.emit(R.maximum(rep.var, const(0, "int32"))), rep.scale, 0, rep.axis, "int32")
+        if op == "clip":
+            lo, hi = float(call.args[1].value), float(call.args[2].value)
+            lo_q = np.clip(np.round(lo / sb), -2**31, 2**31 - 1)
+            hi_q = np.clip(np.round(hi / sb), -2**31, 2**31 - 1)
+            y = R.minimum(R.maximum(rep.var, const(lo_q, "int32")), const(hi_q, "int32"))
+            return IntRep(bb.emit(y), rep.scale, 0, rep.axis, "int32")
+        other = call.args[1]
+        if not is_const(other):
+            return None
+        c = const_value(other).astype(np.float64)
+        if op in ("add", "subtract"):
+            if np.broadcast_shapes(c.shape, shape) != shape:
+                return None
+            if np.abs(c / sb).max() >= 2**30:  # a bias too large for the accumulator's scale
+                rep = self.coarsen(bb, rep, np.broadcast_to(np.abs(c), shape) / 2**30)
+                sb = rep.scale_bcast(len(shape))
+            ci = const(np.round(c / sb), "int32")
+            y = R.add(rep.var, ci) if op == "add" else R.subtract(rep.var, ci)
+            return IntRep(bb.emit(y), rep.scale, 0, rep.axis, "int32")
+        if op in ("multiply", "divide") and c.size == 1 and float(c.reshape(())) > 0:
+            k = float(c.reshape(()))
+            return IntRep(rep.var, rep.scale * k if op == "multiply" else rep.scale / k, 0, rep.axis, "int32")
+        return None
+
+    def coarsen(self, bb, rep: IntRep, needed: np.ndarray) -> IntRep:
+        """rep at a scale at least `needed` (per element of rep's shape), per channel if rep is."""
+        if rep.axis is None:
+            scale = np.maximum(rep.scale, needed.max())
+        else:
+            axes = tuple(i for i in range(needed.ndim) if i != rep.axis)
+            scale = np.maximum(rep.scale, needed.max(axis=axes))
+        return IntRep(self.rescale(bb, rep, scale, 0, "int32"), scale, 0, rep.axis, "int32")
+
+    def narrow_clamp(self, bb, call):
+        """ReLU and clip on 8-bit values: a clamp of the codes, cheaper than a table."""
+        op = op_name(call)
+        rep = self.reps.get(call.args[0])
+        if not isinstance(rep, IntRep) or not rep.narrow or not rep.per_tensor:
+            return None
+        info = np.iinfo(rep.dtype)
+        s = float(rep.scale)
+        lo = rep.zp if op == "nn.relu" else np.clip(np.round(float(call.args[1].value) / s) + rep.zp, info.min, info.max)
+        hi = info.max if op == "nn.relu" else np.clip(np.round(float(call.args[2].value) / s) + rep.zp, info.min, info.max)
+        return IntRep(bb.emit(R.clip(rep.var, int(lo), int(hi))), rep.scale, rep.zp, None, rep.dtype)
+
+    def binary(self, bb, call):
+        op = op_name(call)
+        reps = [self.reps.get(a) for a in call.args[:2]]
+        if any(r is None for r in reps):
+            return None
+        if op == "multiply":
+            wide = [self.widen(bb, r) for r in reps]
+            if not all(w.per_tensor for w in wide):
+                return None
+            return IntRep(bb.emit(R.multiply(wide[0].var, wide[1].var)), wide[0].scale * wide[1].scale, 0, None, "int32")
+        common = self.common_scale(bb, reps)
+        if common is None:
+            return None
+        fn = R.add if op == "add" else R.subtract
+        return IntRep(bb.emit(fn(common[0].var, common[1].var)), common[0].scale, 0, None, "int32")
+
+    def reduce(self, bb, call):
+        rep = self.reps.get(call.args[0])
+        if not isinstance(rep, IntRep) or not rep.per_tensor or rep.dtype not in (*NARROW, "int32"):
+            return None
+        wide = self.widen(bb, rep)
+        shape = tensor_shape(rep.var)
+        axes = [int(a) % len(shape) for a in call.attrs.axis] if call.attrs.axis is not None else list(range(len(shape)))
+        count = int(np.prod([shape[a] for a in axes]))
+        total = bb.emit(R.sum(wide.var, axis=axes, keepdims=bool(call.attrs.keepdims)))
+        scale = wide.scale / count if op_name(call) == "mean" else wide.scale
+        return IntRep(total, np.float64(scale), 0, None, "int32")
+
+    def concat(self, bb, call):
+        fields = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
+        if fields is None or not all(f in self.reps for f in fields):
+            return None
+        reps = [self.reps[f] for f in fields]
+        first = reps[0]
+        same = all(isinstance(r, IntRep) and r.narrow and r.per_tensor and r.dtype == first.dtype and r.zp == first.zp
+                   and np.isclose(float(r.scale), float(first.scale), rtol=1e-6) for r in reps)
+        if not same:
+            reps = self.common_scale(bb, reps)
+            if reps is None:
+                return None
+            first = reps[0]
+        out = bb.emit(R.concat([r.var for r in reps], axis=int(call.attrs.axis)))
+        return IntRep(out, first.scale, first.zp, None, first.dtype)
+
+    def passthrough(self, bb, call):
+        op = op_name(call)
+        rep = self.reps.get(call.args[0])
+        if isinstance(rep, TableRep) and op in LAYOUT:
+            moved = self.passthrough_int(bb, call, rep.source)
+            return TableRep(moved, rep.table) if moved is not None else None
+        return self.passthrough_int(bb, call, rep) if isinstance(rep, IntRep) else None
+
+    def passthrough_int(self, bb, call, rep: IntRep):
+        if not rep.per_tensor:
+            return None
+        out = bb.emit(relax.Call(call.op, [rep.var, *call.args[1:]], call.attrs, call.ty_args))
+        return IntRep(out, rep.scale, rep.zp, None, rep.dtype)
+
+    # --- the pass ------------------------------------------------------------------------------
+    def rules_for(self, op: str | None) -> list:
+        rules = []
+        if op == "quantize":
+            return [self.quantize]
+        if op == "dequantize":
+            return [self.dequantize]
+        if op in COMPUTE:
+            rules.append(self.compute)
+        if op in ("nn.relu", "clip"):
+            rules.append(self.narrow_clamp)
+        if op in ("add", "subtract", "multiply", "divide", "nn.relu", "clip"):
+            rules.append(self.on_int32)
+        if op in ELEMENTWISE:
+            rules.append(self.elementwise)
+        if op in ("add", "subtract", "multiply"):
+            rules.append(self.binary)
+        if op in ("mean", "sum"):
+            rules.append(self.reduce)
+        if op == "concat":
+            rules.append(self.concat)
+        if op in PASSTHROUGH:
+            rules.append(self.passthrough)
+        return rules
+
+    def rule(self, bb, var, value):
+        for rule in self.rules_for(op_name(value)):
+            result = rule(bb, value)
+            if isinstance(result, (IntRep, TableRep)):
+                self.reps[var] = result
+                return var  # a placeholder: consumers look its form up; float_of emits it if needed
+            if result is not None:
+                return result
+        return self.emit_float(bb, var, value)
+
+    def emit_float(self, bb, var, value):
+        used = _vars_in(value)
+        value = substitute(value, {v: self.float_of(bb, v) for v in used if v in self.reps})
+        if isinstance(value, relax.Var) or is_const(value):
+            return value
+        return bb.emit(value, str(var.name))
+
+    def finish(self, bb, result):
+        return substitute(result, {v: self.float_of(bb, v) for v in _vars_in(result) if v in self.reps})
+
+
+def _vars_in(expr) -> list:
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args for v in _vars_in(a)]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in _vars_in(f)]
+    if isinstance(expr, relax.TupleGetItem):
+        return _vars_in(expr.tuple_value)
+    return []
+
+
+def realize(mod, per_channel: bool = True):
+    """The Realize pass."""
+    r = Realizer(per_channel)
+    return rewrite_main(mod, r.rule, r.finish)
