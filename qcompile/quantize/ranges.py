@@ -63,6 +63,10 @@ def _entropy_threshold(obs: HistogramObserver, levels: int = 128) -> float:
     """TensorRT's KL-divergence calibration on the |x| histogram: the threshold whose clipped
     distribution P is best approximated by its `levels`-level quantized version Q."""
     folded, width = obs.abs_histogram()
+    folded = folded.copy()
+    # The exact zeros of a ReLU output pile up in bin 0 and would pull the threshold towards 0;
+    # NVIDIA's pytorch-quantization levels that spike the same way.
+    folded[0] = folded[1]
     n = len(folded)
     if n <= levels:
         return obs.amax
