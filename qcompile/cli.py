@@ -29,6 +29,7 @@ def cmd_build(args) -> None:
     if args.quantize:
         quantize = {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
                     "per_channel": args.per_channel, "symmetric": not args.asymmetric,
+                    "bias_correction": not args.no_bias_correction,
                     "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ())}
     elif args.calib:
         raise QCompileError("--calib is only used with --quantize int8")
@@ -104,13 +105,16 @@ def parser() -> argparse.ArgumentParser:
                    help="static: integer kernels from calibration (default); simulate: fake-quant in float; "
                         "dynamic / weight-only: int8 matmul weights, no calibration")
     q.add_argument("--calib", metavar="DATA", help="calibration data: .npz or a folder of .npy keyed by input name")
-    q.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    q.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="how activation ranges are chosen (default percentile)")
     q.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile (default 99.99)")
     g = q.add_mutually_exclusive_group()
     g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                    help="weight scales per output channel (default)")
     g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
     q.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric activations (default int8 symmetric)")
+    q.add_argument("--no-bias-correction", action="store_true",
+                   help="keep biases as trained (default: correct them for the mean weight-quantization error)")
     q.add_argument("--skip", action="append", metavar="LAYER", help="keep this layer in float (repeatable)")
     q.add_argument("--skip-op", action="append", metavar="OP", help="keep every op of this kind in float, e.g. add")
     q.add_argument("--report", metavar="JSON", help="write the per-layer report (precision, scales, sizes)")

@@ -82,3 +82,7 @@ def test_demo_builds_runs_and_compares(tmp_path):
     assert "emulated (qemu-aarch64)" in rows["rpi5"]
     for line in rows.values():
         assert line.split()[-1] == "True" and float(line.split()[-2]) < 1e-4
+    acc = {line.split()[0]: float(line.split()[1].rstrip("%")) for line in proc.stdout.splitlines()
+           if line.startswith(("float ", "int8 ")) and line.split()[1].endswith("%")}
+    assert acc["float"] > 85 and abs(acc["float"] - acc["int8"]) <= 1.0, acc
+    assert "int8 on rpi5 (qemu) vs host" in proc.stdout and "same classes: True" in proc.stdout

@@ -131,7 +131,10 @@ def test_simulate_mode_matches_the_integer_model(artifacts, data):
     assert artifacts["simulate"].metadata["layers"][0]["input_dtype"] == "float32"
 
 
-def test_onnxruntime_qdq_model_is_realized_into_int8_kernels(tmp_path, data):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_onnxruntime_qdq_model_is_realized_into_int8_kernels(tmp_path, data, symmetric):
+    """Symmetric int8 activations, and onnxruntime's asymmetric ones (a zero point): both stay
+    8-bit x 8-bit kernels."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     import onnxruntime as ort
@@ -146,7 +149,7 @@ def test_onnxruntime_qdq_model_is_realized_into_int8_kernels(tmp_path, data):
     qdq = tmp_path / "qdq.onnx"
     quantize_static(str(fashion.ONNX_PATH), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True})
+                    extra_options={"ActivationSymmetric": symmetric})
     result = _build(tmp_path, "qdq", model=qdq)
     assert result.metadata["quantization"]["mode"] == "pre-quantized (QDQ)"
     assert all(row["input_dtype"] == "int8" and row["output_dtype"] == "int32" for row in result.metadata["layers"])

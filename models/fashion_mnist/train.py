@@ -11,12 +11,10 @@ max pooling, global average pooling and a fully connected layer.
 from __future__ import annotations
 
 import argparse
-import gzip
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path("/usr/share/datasets/fashion-mnist")
 HERE = Path(__file__).resolve().parent
 ONNX_PATH = HERE / "fashion_mnist_cnn.onnx"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -24,14 +22,9 @@ CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 def load(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images as float32 [N, 1, 28, 28] in [0, 1] and int64 labels, for 'train' or 't10k'."""
-    images_path, labels_path = DATA / f"{split}-images-idx3-ubyte.gz", DATA / f"{split}-labels-idx1-ubyte.gz"
-    if not images_path.is_file():
-        raise FileNotFoundError(f"{images_path}: install Debian's dataset-fashion-mnist")
-    with gzip.open(images_path) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    with gzip.open(labels_path) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return images.astype(np.float32) / 255.0, labels
+    from qcompile.examples import fashion_mnist
+
+    return fashion_mnist(split)
 
 
 def network():

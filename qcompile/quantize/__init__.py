@@ -28,10 +28,11 @@ ALL_MODES = STATIC_MODES + DYNAMIC_MODES
 @dataclass
 class QuantConfig:
     mode: str = "static"  # static (integer kernels), simulate (fake-quant in float), dynamic, weight-only
-    method: str = "minmax"  # calibration: minmax | percentile | entropy | mse
+    method: str = "percentile"  # calibration: minmax | percentile | entropy | mse (see benchmarks/results/accuracy.md)
     percentile: float = 99.99
     per_channel: bool = True  # weights per output channel (else per tensor)
     symmetric: bool = True  # activations int8 symmetric (else uint8 asymmetric)
+    bias_correction: bool = True  # fold the mean error of quantized weights into the bias
     skip_layers: frozenset = field(default_factory=frozenset)
     skip_ops: frozenset = field(default_factory=frozenset)
     progress: bool = True
@@ -47,7 +48,8 @@ class QuantConfig:
     def describe(self) -> dict:
         return {"mode": self.mode, "method": self.method, "percentile": self.percentile,
                 "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor"),
-                "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric"}
+                "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
+                "bias_correction": self.bias_correction}
 
 
 def has_qdq(mod) -> bool:
@@ -99,7 +101,8 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     annotated = annotate(mod, layer_names, policy)
     observers = collect(annotated, batches, [t.name for t in inputs], config.progress)
     qparams = choose_qparams(observers, config.method, config.percentile, config.symmetric)
-    simulated = insert_qdq(annotated, qparams, config.per_channel)
+    means = {site: obs.mean_sample for site, obs in observers.items()} if config.bias_correction else None
+    simulated = insert_qdq(annotated, qparams, config.per_channel, means)
     report["layers"] = _report(mod, p, qparams, config)
     report["calibration_batches"] = len(batches)
     if config.mode == "simulate":

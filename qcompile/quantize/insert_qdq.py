@@ -10,8 +10,8 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from .ir import const, const_value, is_const, observe_site, op_name, rewrite_main
-from .ops import COMPUTE
+from .ir import const, const_value, is_const, observe_site, op_name, rewrite_main, tensor_shape
+from .ops import COMPUTE, PASSTHROUGH
 from .params import QParams, weight_qparams
 
 
@@ -34,22 +34,53 @@ def fake_quantize_weight(op: str, weight: np.ndarray, per_channel: bool) -> np.n
     return qp.dequantize(qp.quantize(weight))
 
 
-def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True):
-    """The InsertQDQ pass."""
-    dequantized: set = set()
+def output_shift(op: str, value, delta_w: np.ndarray, mean_input: np.ndarray) -> np.ndarray | None:
+    """E[op(x, W_q)] - E[op(x, W)] = op(E[x], W_q - W), per output channel, shaped to add to the
+    op's output; E[x] is the calibration data's mean input. None where it does not apply."""
+    if op == "nn.conv2d" and mean_input.ndim == 3 and value.attrs.data_layout == "NCHW" and value.attrs.kernel_layout == "OIHW":
+        groups = int(value.attrs.groups)
+        channel_mean = mean_input.mean(axis=(1, 2)).reshape(groups, -1)  # (groups, I / groups)
+        out_channels = delta_w.shape[0]
+        group_of = np.arange(out_channels) // (out_channels // groups)
+        shift = (delta_w.sum(axis=(2, 3)) * channel_mean[group_of]).sum(axis=1)
+        return shift.reshape(1, -1, 1, 1)
+    if op == "matmul" and delta_w.ndim == 2:
+        return mean_input.reshape(-1, mean_input.shape[-1]).mean(axis=0) @ delta_w
+    return None
+
+
+def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input_means: dict | None = None):
+    """The InsertQDQ pass. With `input_means` (site -> mean calibration sample) it also corrects
+    each layer's bias for the mean error its quantized weights cause (Nagel et al., 2019)."""
+    quantized: set = set()
+    mean_of: dict = {}  # var -> its mean calibration sample, where known
 
     def rule(bb, var, value):
         site = observe_site(value)
         if site is not None:
             out = bb.emit(qdq(value.args[1], qparams[site]), f"{var.name}_qdq")
-            dequantized.add(out)
+            quantized.add(out)
+            if (input_means or {}).get(site) is not None:
+                mean_of[out] = input_means[site]
             return out
         op = op_name(value)
-        if op in COMPUTE and value.args[0] in dequantized and is_const(value.args[1]):
+        if op in PASSTHROUGH and value.args[0] in quantized:  # realize keeps these 8-bit
+            out = bb.emit(value, str(var.name))
+            quantized.add(out)
+            if op in ("reshape", "flatten") and value.args[0] in mean_of:
+                mean_of[out] = mean_of[value.args[0]].reshape(tensor_shape(out)[1:])
+            return out
+        if op in COMPUTE and value.args[0] in quantized and is_const(value.args[1]):
             w = const_value(value.args[1])
             if w.dtype.kind == "f":
-                args = [value.args[0], relax.const(fake_quantize_weight(op, w, per_channel)), *value.args[2:]]
+                wq = fake_quantize_weight(op, w, per_channel)
+                args = [value.args[0], relax.const(wq), *value.args[2:]]
                 value = relax.Call(value.op, args, value.attrs, value.ty_args)
+                mean = mean_of.get(value.args[0])
+                shift = output_shift(op, value, wq.astype(np.float64) - w, mean) if mean is not None else None
+                if shift is not None:
+                    out = bb.emit(value, str(var.name))
+                    return bb.emit(R.subtract(out, relax.const(shift.astype("float32"))), f"{var.name}_corrected")
         return bb.emit(value, str(var.name)) if isinstance(value, relax.Call) else value
 
     return rewrite_main(mod, rule)

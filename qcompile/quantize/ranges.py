@@ -10,7 +10,8 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 
 class HistogramObserver:
     """Exact min/max plus a histogram of values over a symmetric range [-amax, amax] that widens
-    as batches arrive (old counts are re-binned by their bin centres)."""
+    as batches arrive (old counts are re-binned by their bin centres), and the mean sample (the
+    average over the batch axis) that bias correction reads."""
 
     def __init__(self, bins: int = 2048):
         self.bins = bins
@@ -18,9 +19,20 @@ class HistogramObserver:
         self.max = -np.inf
         self.amax = 0.0
         self.counts = np.zeros(bins, dtype=np.float64)
+        self._sum = None
+        self._samples = 0
+
+    @property
+    def mean_sample(self) -> np.ndarray | None:
+        return None if self._sum is None else self._sum / self._samples
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float32).ravel()
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim >= 1 and x.shape[0] > 0:
+            batch_sum = x.sum(axis=0, dtype=np.float64)
+            self._sum = batch_sum if self._sum is None else self._sum + batch_sum
+            self._samples += x.shape[0]
+        x = x.ravel()
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())

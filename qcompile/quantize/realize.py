@@ -192,19 +192,32 @@ class Realizer:
             return None
         if not rw.per_tensor and (op not in COMPUTE or rw.axis != COMPUTE[op]["weight_axis"] % len(tensor_shape(w))):
             return None
-        if rx.zp or rx.dtype != "int8" or rw.dtype != "int8":
-            xin, win = self.widen_to(bb, rx, "int16"), self.widen_to(bb, rw, "int16")
-        else:
+        # 8-bit data with a zero point (u8 x s8, or s8 asymmetric) against a constant symmetric
+        # int8 weight stays an 8-bit kernel: pad with the zero point, then subtract zp * sum(w).
+        zp_folded = rx.zp and rw.dtype == "int8" and rw.zp == 0 and is_const(rw.var)
+        if zp_folded or (rx.dtype == "int8" and rw.dtype == "int8" and not rx.zp):
             xin, win = rx.var, rw.var
+        else:
+            xin, win = self.widen_to(bb, rx, "int16"), self.widen_to(bb, rw, "int16")
+        wq = const_value(rw.var).astype(np.int64) if zp_folded else None
         if op == "matmul":
             acc = bb.emit(R.matmul(xin, win, out_dtype="int32"))
+            correction = wq.sum(axis=-2) if zp_folded else None
         else:
             a = call.attrs
             if a.data_layout not in ("NCHW", "NCW") or a.kernel_layout not in ("OIHW", "OIW"):
                 return None
+            padding = [int(p) for p in a.padding]
+            if zp_folded and any(padding):
+                half = len(padding) // 2
+                widths = [0, 0, 0, 0] + [v for i in range(half) for v in (padding[i], padding[half + i])]
+                xin, padding = bb.emit(R.nn.pad(xin, widths, pad_value=float(rx.zp))), [0] * len(padding)
             fn = R.nn.conv2d if op == "nn.conv2d" else R.nn.conv1d
-            acc = bb.emit(fn(xin, win, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
+            acc = bb.emit(fn(xin, win, strides=a.strides, padding=padding, dilation=a.dilation, groups=a.groups,
                              data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_dtype="int32"))
+            correction = wq.reshape(wq.shape[0], -1).sum(axis=1).reshape([1, -1] + [1] * (wq.ndim - 2)) if zp_folded else None
+        if correction is not None:
+            acc = bb.emit(R.subtract(acc, const(rx.zp * correction, "int32")))
         scale = np.float64(rx.scale) * rw.scale
         axis = None if rw.per_tensor else COMPUTE[op]["out_axis"] % len(tensor_shape(acc))
         return IntRep(acc, scale, 0, axis, "int32")
