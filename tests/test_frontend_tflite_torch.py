@@ -74,3 +74,19 @@ def test_not_a_torch_program(tmp_path):
     path.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(QCompileError, match="junk.pt2: not a torch.export program"):
         load_model(path)
+
+
+def test_torch_export_program_quantizes_to_int8(tmp_path):
+    """The quantizer works on Relax, whatever the frontend: a torch.export program in, int8 out."""
+    torch.manual_seed(0)
+    net = _Net().eval()
+    path = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(net, (torch.randn(1, 1, 8, 8),)), str(path))
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.random((1, 1, 8, 8), dtype=np.float32)} for _ in range(8)]
+    result = qcompile.build(path, "host", tmp_path / "q.so", quantize={"progress": False}, calib=calib)
+    assert [(r["input_dtype"], r["output_dtype"]) for r in result.metadata["layers"]] == [("int8", "int32")] * 2
+    x = rng.random((1, 1, 8, 8), dtype=np.float32)
+    got = next(iter(qcompile.run(result.artifact, {"x": x}).outputs.values()))
+    want = net(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

@@ -212,6 +212,8 @@ def _npz(path, **arrays):
      ["empty.npz", "empty"]),
     (lambda d: ["--calib", _npz(d / "ok.npz", image=np.zeros((BATCH, 1, 28, 28), "float32")), "--skip", "nope"],
      ["nope", "unknown layer"]),
+    (lambda d: ["--calib", _npz(d / "ok.npz", image=np.zeros((BATCH, 1, 28, 28), "float32")), "--skip-op", "conv"],
+     ["conv", "unknown op", "conv2d"]),
 ])
 def test_cli_quantization_errors_are_one_line(tmp_path, extra, fragments):
     proc = qc("build", fashion.ONNX_PATH, "-o", tmp_path / "m.so", "--input-shape", f"image:{BATCH},1,28,28",

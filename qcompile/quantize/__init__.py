@@ -17,6 +17,7 @@ from .dynamic import MODES as DYNAMIC_MODES
 from .dynamic import dynamic_quantize
 from .insert_qdq import insert_qdq, weight_axis
 from .ir import const_value, is_const, main_bindings, op_name
+from .ops import OP_KINDS, short_name
 from .params import QParams, weight_qparams
 from .ranges import METHODS
 from .realize import realize
@@ -123,6 +124,10 @@ def _check_skips(p: Plan, config: QuantConfig) -> None:
     if unknown:
         shown = ", ".join(sorted(known)[:8])
         raise QCompileError(f"--skip names unknown layer(s) {unknown}; layers include: {shown}")
+    ops = {short_name(op) for kind_ops in OP_KINDS.values() for op in kind_ops} | {"elementwise"}
+    unknown_ops = sorted(set(config.skip_ops) - ops)
+    if unknown_ops:
+        raise QCompileError(f"--skip-op names unknown op(s) {unknown_ops}; quantizable ops: {', '.join(sorted(ops))}")
 
 
 __all__ = ["QuantConfig", "quantize_module", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
