@@ -29,6 +29,9 @@ import datasets as D  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.md"
 ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 PERCENTILE = 99.99
+ORT_ENTROPY_NOTE = ("Note: onnxruntime's Entropy method, with its default num_bins=128 and num_quantized_bins=128, "
+                    "tries a single threshold (the whole range), so its rows equal its MinMax rows; qcompile's "
+                    "entropy searches thresholds on a 2048-bin histogram (TensorRT's KL method).")
 
 
 def tvm_predict(artifact: Path, batches: list[np.ndarray], input_name: str) -> np.ndarray:
@@ -193,7 +196,7 @@ def write(fm: dict | None, en: dict | None, quick: bool) -> None:
         if probs:
             lines += ["", f"Median float top-1 probability of a flipped image: {np.median(probs):.2f}."]
         lines += [""]
-    lines += [_verdict(fm, en)]
+    lines += [_verdict(fm, en), "", ORT_ENTROPY_NOTE]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS}")
