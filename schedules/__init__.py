@@ -15,7 +15,13 @@ def schedule_passes(family: str, target) -> list:
     GPU schedules ship with TVM's CUDA legalization (dlight); CPU int8 kernels are added per family."""
     if family not in FAMILIES:
         raise ValueError(f"unknown schedule family '{family}'; known: {', '.join(FAMILIES)}")
-    return []
+    if family == "cuda":
+        return []
+    from tvm.s_tir.dlight import ApplyDefaultSchedule
+
+    from .cpu_default import CPUDefault
+
+    return [ApplyDefaultSchedule(CPUDefault())]
 
 
 def relax_pipeline(family: str, target):

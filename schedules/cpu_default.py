@@ -1,0 +1,97 @@
+"""Default CPU schedule (no tuning): every fused kernel gets its elementwise producers and
+epilogue inlined, its outer spatial loops run in parallel, and its innermost spatial loop moved
+inside the reduction loops so LLVM vectorizes it over contiguous memory (the output width of a
+convolution, the output columns of a matmul). Kernels it cannot schedule keep TVM's TIR.
+
+This is the floor every build gets; per-ISA int8 intrinsics and MetaSchedule tuning go further."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule
+
+INNER_MAX = 64  # elements of the innermost loop kept together (LLVM vectorizes and unrolls them)
+PARALLEL_MIN = 8  # iterations of the parallel loop wanted before splitting the inner one further
+
+
+def _extent(sch, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _inner_factor(extent: int) -> int:
+    if extent <= INNER_MAX:
+        return extent
+    for factor in (64, 48, 32, 16, 8):
+        if extent % factor == 0:
+            return factor
+    return extent
+
+
+class CPUDefault(ScheduleRule):
+    def is_target_available(self, target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(func)
+        except Exception:  # noqa: BLE001 - a kernel this rule cannot handle keeps TVM's default TIR
+            return None
+
+    def _schedule(self, func):
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        reductions = [b for b in infos if not b.is_injective()]
+        if len(reductions) > 1:
+            return None
+        main = reductions[0] if reductions else infos[-1]
+        # The epilogue chain into its last block. Producers (padding) stay separate loops: inlined,
+        # their bounds checks would sit in the innermost loop and stop vectorization.
+        main_index = infos.index(main)
+        for info in infos[main_index + 1:]:
+            if info is not infos[-1]:
+                try:
+                    sch.compute_inline(info.block_rv)
+                except Exception:  # noqa: BLE001
+                    pass
+        tail = infos[-1].block_rv if infos[-1] is not main else None
+        if tail is not None:
+            try:
+                sch.reverse_compute_inline(tail)
+                tail = None
+            except Exception:  # noqa: BLE001
+                pass
+        block = main.block_rv
+        kinds = main.dom_kind()
+        loops = sch.get_loops(block)
+        if len(loops) != len(kinds) or not kinds.startswith("S"):
+            return None
+        n_spatial = len(kinds) - len(kinds.lstrip("S"))
+        if "S" in kinds[n_spatial:]:
+            return None
+        spatial, reduce = list(loops[:n_spatial]), list(loops[n_spatial:])
+        inner_extent = _extent(sch, spatial[-1])
+        if inner_extent is None:
+            return None
+        factor = _inner_factor(inner_extent)
+        outer, inner = sch.split(spatial[-1], [None, factor])
+        sch.reorder(*spatial[:-1], outer, *reduce, inner)
+        fused = sch.fuse(*spatial[:-1], outer)
+        sch.parallel(fused)
+        if reduce:
+            # Accumulate a row in a local buffer (registers) and write it back once.
+            acc = sch.cache_write(block, 0, "local")
+            sch.reverse_compute_at(acc, fused)
+            sch.decompose_reduction(block, reduce[0])
+        if tail is not None:
+            sch.reverse_compute_at(tail, fused)
+        for info in infos[:main_index]:  # producers: parallel over their outer loop
+            producer_loops = sch.get_loops(info.block_rv)
+            if producer_loops:
+                sch.parallel(producer_loops[0])
+        return sch
