@@ -10,6 +10,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.sym.pattern import detect_linear_equation
 
 INNER_MAX = 64  # elements of the innermost loop kept together (LLVM vectorizes and unrolls them)
 PARALLEL_MIN = 8  # iterations of the parallel loop wanted before splitting the inner one further
@@ -18,6 +19,26 @@ PARALLEL_MIN = 8  # iterations of the parallel loop wanted before splitting the 
 def _extent(sch, loop) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _vars_in(expr) -> set:
+    return set(tirx.analysis.undefined_vars(expr))
+
+
+def _reuse_axis(sch, block, n_spatial: int) -> int | None:
+    """The spatial axis to register-tile: one that indexes an operand the innermost axis does not
+    (a convolution's output channels, a matmul's rows), so each value loaded from that operand
+    is reused across the whole innermost row."""
+    stmt = sch.get(block)
+    iters = [iv.var for iv in stmt.iter_vars]
+    inner = iters[n_spatial - 1]
+    candidates = []
+    for region in stmt.reads:
+        used = set().union(*[_vars_in(r.min) for r in region.region]) if region.region else set()
+        if inner in used:
+            continue
+        candidates += [i for i in range(n_spatial - 1) if iters[i] in used]
+    return max(candidates) if candidates else None
 
 
 def _inner_factor(extent: int) -> int:
@@ -79,10 +100,22 @@ class CPUDefault(ScheduleRule):
         if inner_extent is None:
             return None
         factor = _inner_factor(inner_extent)
+        reuse = _reuse_axis(sch, block, n_spatial) if reduce else None
+        reuse_tile = None
+        if reuse is not None:
+            extent = _extent(sch, spatial[reuse])
+            tile = next((t for t in (8, 4, 2) if extent and extent % t == 0 and extent >= 2 * t), None)
+            if tile is not None:
+                spatial[reuse], reuse_tile = sch.split(spatial[reuse], [None, tile])
         outer, inner = sch.split(spatial[-1], [None, factor])
-        sch.reorder(*spatial[:-1], outer, *reduce, inner)
+        inner_loops = [reuse_tile, inner] if reuse_tile is not None else [inner]
+        sch.reorder(*spatial[:-1], outer, *reduce, *inner_loops)
         fused = sch.fuse(*spatial[:-1], outer)
         sch.parallel(fused)
+        if reuse_tile is not None:
+            sch.unroll(reuse_tile)
+        if reduce and factor <= INNER_MAX:
+            sch.vectorize(inner)
         if reduce:
             # Accumulate a row in a local buffer (registers) and write it back once.
             acc = sch.cache_write(block, 0, "local")
