@@ -19,6 +19,7 @@ from qcompile.frontends import load_model
 from qcompile.pipeline import float_passes
 from qcompile.quantize import QuantConfig, quantize_module
 from qcompile.quantize.ir import main_bindings, op_name, tensor_dtype
+from qcompile.quantize.params import weight_qparams
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "models" / "fashion_mnist"))
@@ -179,6 +180,11 @@ def test_dynamic_and_weight_only_int8_for_matmuls(tmp_path, mode):
     built = qcompile.build(model, "host", tmp_path / "q.so", quantize={"mode": mode})
     got = qcompile.run(built.artifact, {"x": x}).outputs["y"]
     assert built.metadata["weight_bytes"] < 0.3 * built.metadata["float_weight_bytes"]
+    w1 = numpy_helper.to_array(onnx.load(str(model)).graph.initializer[0])
+    stored = weight_qparams(w1, axis=1).quantize(w1).tobytes()
+    assert stored[:512] in built.artifact.read_bytes()  # the .so holds the int8 weights themselves
+    if mode == "weight-only":  # and no float copy of them (constant folding would make one)
+        assert built.artifact.stat().st_size < (tmp_path / "f.so").stat().st_size - 0.5 * built.metadata["float_weight_bytes"]
     assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()
     if mode == "dynamic":
         assert all(row["input_dtype"] == "int8" and row["output_dtype"] == "int32" for row in built.metadata["layers"])
