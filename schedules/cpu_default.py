@@ -1,7 +1,8 @@
-"""Default CPU schedule (no tuning): every fused kernel gets its elementwise producers and
-epilogue inlined, its outer spatial loops run in parallel, and its innermost spatial loop moved
-inside the reduction loops so LLVM vectorizes it over contiguous memory (the output width of a
-convolution, the output columns of a matmul). Kernels it cannot schedule keep TVM's TIR.
+"""Default CPU schedule (no tuning): every fused kernel gets its epilogue inlined, its outer
+spatial loops run in parallel, the loop of the operand a row does not read (a convolution's
+output channels, a matmul's rows) register-tiled, and its innermost spatial loop moved inside the
+reduction loops and vectorized, accumulating in a local buffer. Kernels it cannot schedule keep
+TVM's TIR.
 
 This is the floor every build gets; per-ISA int8 intrinsics and MetaSchedule tuning go further."""
 
@@ -10,10 +11,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.sym.pattern import detect_linear_equation
 
 INNER_MAX = 64  # elements of the innermost loop kept together (LLVM vectorizes and unrolls them)
-PARALLEL_MIN = 8  # iterations of the parallel loop wanted before splitting the inner one further
 
 
 def _extent(sch, loop) -> int | None:

@@ -7,7 +7,7 @@ import numpy as np
 from tvm import relax
 
 from ..errors import QCompileError
-from .ir import observe_site, rewrite_main
+from .ir import emit_as_is, observe_site, rewrite_main
 from .params import QParams, activation_qparams
 from .ranges import HistogramObserver, estimate_range
 
@@ -24,7 +24,7 @@ def tap_outputs(mod):
             sites.append(site)
             tapped.append(value.args[1])
             return value.args[1]
-        return bb.emit(value, str(var.name)) if isinstance(value, relax.Call) else value
+        return emit_as_is(bb, var, value)
 
     def finish(bb, result):
         return relax.Tuple([result, relax.Tuple(tapped)])

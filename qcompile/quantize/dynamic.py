@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from ..report import compute_layer_names
-from .ir import const, const_value, is_const, is_var, op_name, rewrite_main, tensor_dtype
+from .ir import const, const_value, emit_as_is, is_const, is_var, op_name, rewrite_main, tensor_dtype
 from .params import weight_qparams
 
 MODES = ("dynamic", "weight-only")
@@ -32,7 +32,7 @@ def dynamic_quantize(mod, mode: str = "dynamic", per_channel: bool = True, skip_
     def rule(bb, var, value):
         if (op_name(value) != "matmul" or not is_var(value.args[0]) or not is_const(value.args[1])
                 or tensor_dtype(value.args[0]) != "float32" or layer_of.get(var) in skip_layers):
-            return bb.emit(value, str(var.name)) if isinstance(value, relax.Call) else value
+            return emit_as_is(bb, var, value)
         x = value.args[0]
         wq, scale = _int8_weight(const_value(value.args[1]), per_channel)
         if mode == "weight-only":

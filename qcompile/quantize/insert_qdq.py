@@ -10,7 +10,7 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from .ir import const, const_value, is_const, observe_site, op_name, rewrite_main, tensor_shape
+from .ir import const, const_value, emit_as_is, is_const, observe_site, op_name, rewrite_main, tensor_shape
 from .ops import COMPUTE, PASSTHROUGH
 from .params import QParams, weight_qparams
 
@@ -81,6 +81,6 @@ def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input
                 if shift is not None:
                     out = bb.emit(value, str(var.name))
                     return bb.emit(R.subtract(out, relax.const(shift.astype("float32"))), f"{var.name}_corrected")
-        return bb.emit(value, str(var.name)) if isinstance(value, relax.Call) else value
+        return emit_as_is(bb, var, value)
 
     return rewrite_main(mod, rule)
