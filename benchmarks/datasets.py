@@ -6,16 +6,13 @@ matplotlib."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "models" / "fashion_mnist"))
-import train as fashion_train  # noqa: E402
+from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx  # noqa: F401 - fashion_mnist is re-exported for the benchmarks
 
-FASHION_ONNX = fashion_train.ONNX_PATH
+FASHION_ONNX = fashion_mnist_cnn_onnx()
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -26,10 +23,6 @@ SKIMAGE_PHOTOS = ["astronaut.png", "brick.png", "camera.png", "cell.png", "chels
                   "retina.jpg", "rocket.jpg", "text.png"]
 SKLEARN_PHOTOS = ["china.jpg", "flower.jpg"]
 MATPLOTLIB_PHOTOS = ["grace_hopper.jpg"]
-
-
-def fashion_mnist(split: str):
-    return fashion_train.load(split)
 
 
 def _package_dir(name: str) -> Path:
@@ -45,6 +38,11 @@ def _load_rgb(path: Path):
     return Image.open(path).convert("RGB")
 
 
+def _normalize(x: np.ndarray) -> np.ndarray:
+    """HWC pixels in [0, 1] -> ImageNet mean/std, [1, 3, H, W]."""
+    return ((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
+
+
 def preprocess(image, size: int = 224) -> np.ndarray:
     """Resize the short side to 256, centre-crop `size`, ImageNet mean/std: [1, 3, size, size]."""
     w, h = image.size
@@ -53,7 +51,7 @@ def preprocess(image, size: int = 224) -> np.ndarray:
     w, h = image.size
     left, top = (w - size) // 2, (h - size) // 2
     x = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255.0
-    return ((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
+    return _normalize(x)
 
 
 def augmented_views(image, n: int, rng: np.random.Generator, size: int = 224) -> list[np.ndarray]:
@@ -71,7 +69,7 @@ def augmented_views(image, n: int, rng: np.random.Generator, size: int = 224) ->
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         x = np.asarray(crop, np.float32) / 255.0 * rng.uniform(0.8, 1.2)
-        views.append(((np.clip(x, 0, 1) - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32))
+        views.append(_normalize(np.clip(x, 0, 1)))
     return views
 
 
@@ -96,7 +94,7 @@ def foolbox_cifar() -> list[object]:
     return [_load_rgb(f) for f in sorted(data.glob("cifar*.png"))]
 
 
-def efficientnet_lite0_onnx(path: Path, batch: int | None = None) -> Path:
+def efficientnet_lite0_onnx(path: Path) -> Path:
     """EfficientNet-Lite0 with its ImageNet weights, exported to ONNX (dynamic batch) once."""
     path = Path(path)
     if path.is_file():

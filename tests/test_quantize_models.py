@@ -3,8 +3,6 @@ images): integer kernels end to end, a quarter of the weights, accuracy kept, th
 pre-quantized QDQ models, dynamic / weight-only modes, the CLI and the Raspberry Pi 5."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,9 +19,9 @@ from qcompile.quantize import QuantConfig, quantize_module
 from qcompile.quantize.ir import main_bindings, op_name, tensor_dtype
 from qcompile.quantize.params import weight_qparams
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "models" / "fashion_mnist"))
-import train as fashion  # noqa: E402
+from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+
+FASHION_ONNX = fashion_mnist_cnn_onnx()
 
 BATCH = 100
 COMPUTE = ("nn.conv2d", "matmul")
@@ -31,8 +29,8 @@ COMPUTE = ("nn.conv2d", "matmul")
 
 @pytest.fixture(scope="module")
 def data():
-    x_train, _ = fashion.load("train")
-    x_test, y_test = fashion.load("t10k")
+    x_train, _ = fashion_mnist("train")
+    x_test, y_test = fashion_mnist("t10k")
     return {"calib": x_train[:2 * BATCH], "x": x_test[:1000], "y": y_test[:1000]}
 
 
@@ -44,7 +42,7 @@ def calib_npz(tmp_path_factory, data):
 
 
 def _build(tmp, name, **kw):
-    return qcompile.build(kw.pop("model", fashion.ONNX_PATH), kw.pop("target", "host"), tmp / f"{name}.so",
+    return qcompile.build(kw.pop("model", FASHION_ONNX), kw.pop("target", "host"), tmp / f"{name}.so",
                           input_shapes={"image": kw.pop("shape", [BATCH, 1, 28, 28])}, **kw)
 
 
@@ -89,7 +87,7 @@ def _float_reads(mod, var, defs, seen):
 
 
 def test_realized_cnn_computes_in_int8_with_no_float_between_quantized_ops(data):
-    imported = load_model(fashion.ONNX_PATH, {"image": [BATCH, 1, 28, 28]})
+    imported = load_model(FASHION_ONNX, {"image": [BATCH, 1, 28, 28]})
     mod = tvm.transform.Sequential(float_passes())(imported.mod)
     realized, report = quantize_module(mod, imported.inputs, [{"image": data["calib"][:BATCH]}],
                                        QuantConfig(progress=False), imported.layer_names)
@@ -148,7 +146,7 @@ def test_onnxruntime_qdq_model_is_realized_into_int8_kernels(tmp_path, data, sym
             return next(self.items, None)
 
     qdq = tmp_path / "qdq.onnx"
-    quantize_static(str(fashion.ONNX_PATH), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(FASHION_ONNX), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": symmetric})
     result = _build(tmp_path, "qdq", model=qdq)
@@ -191,7 +189,7 @@ def test_dynamic_and_weight_only_int8_for_matmuls(tmp_path, mode):
 
 
 def test_cli_builds_int8_with_a_report(tmp_path, calib_npz):
-    proc = qc("build", fashion.ONNX_PATH, "-o", tmp_path / "m.so", "--input-shape", f"image:{BATCH},1,28,28",
+    proc = qc("build", FASHION_ONNX, "-o", tmp_path / "m.so", "--input-shape", f"image:{BATCH},1,28,28",
               "--quantize", "int8", "--calib", calib_npz, "--calib-method", "entropy", "--per-tensor",
               "--skip", "/9/Gemm", "--report", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr
@@ -222,7 +220,7 @@ def _npz(path, **arrays):
      ["conv", "unknown op", "conv2d"]),
 ])
 def test_cli_quantization_errors_are_one_line(tmp_path, extra, fragments):
-    proc = qc("build", fashion.ONNX_PATH, "-o", tmp_path / "m.so", "--input-shape", f"image:{BATCH},1,28,28",
+    proc = qc("build", FASHION_ONNX, "-o", tmp_path / "m.so", "--input-shape", f"image:{BATCH},1,28,28",
               "--quantize", "int8", *extra(tmp_path))
     assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "m.so").exists()

@@ -13,18 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ONNX_PATH = HERE / "fashion_mnist_cnn.onnx"
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-def load(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images as float32 [N, 1, 28, 28] in [0, 1] and int64 labels, for 'train' or 't10k'."""
-    from qcompile.examples import fashion_mnist
-
-    return fashion_mnist(split)
 
 
 def network():
@@ -56,8 +46,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     args = ap.parse_args()
     torch.manual_seed(0)
-    x_train, y_train = load("train")
-    x_test, y_test = load("t10k")
+    from qcompile.examples import fashion_mnist
+
+    x_train, y_train = fashion_mnist("train")
+    x_test, y_test = fashion_mnist("t10k")
     model = network()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = args.epochs * (len(x_train) // 128)

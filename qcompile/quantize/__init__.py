@@ -99,7 +99,7 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     policy = Policy(frozenset(config.skip_layers), frozenset(config.skip_ops))
     p = plan(mod, layer_names, policy)
     _check_skips(p, config)
-    annotated = annotate(mod, layer_names, policy)
+    annotated = annotate(mod, planned=p)
     observers = collect(annotated, batches, [t.name for t in inputs], config.progress)
     qparams = choose_qparams(observers, config.method, config.percentile, config.symmetric)
     means = {site: obs.mean_sample for site, obs in observers.items()} if config.bias_correction else None

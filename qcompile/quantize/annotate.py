@@ -14,7 +14,7 @@ from tvm import relax
 
 from ..report import compute_layer_names
 from .ir import (is_const, is_scalar_const, is_var, main_bindings, observe, op_name, rewrite_main, substitute,
-                 tensor_dtype)
+                 tensor_dtype, vars_in)
 from .ops import BINARY, COMPUTE, CONCAT, ELEMENTWISE, EPILOGUE, PASSTHROUGH, REDUCE, short_name
 
 
@@ -59,24 +59,11 @@ def _is_float_tensor(expr) -> bool:
     return tensor_dtype(expr) in ("float32", "float16")
 
 
-def _var_args(value) -> list:
-    args = value.args if isinstance(value, relax.Call) else []
-    out = []
-    for a in args:
-        if isinstance(a, relax.Tuple):
-            out.extend(f for f in a.fields if is_var(f))
-        elif is_var(a):
-            out.append(a)
-    return out
-
-
 def _users(mod) -> tuple[dict, set]:
     users: dict = {}
     for var, value in main_bindings(mod):
-        fields = value.fields if isinstance(value, relax.Tuple) else [value]
-        for f in fields:
-            for a in (_var_args(f) if isinstance(f, relax.Call) else [f] if is_var(f) else []):
-                users.setdefault(a, []).append(var)
+        for a in vars_in(value):
+            users.setdefault(a, []).append(var)
     result = mod["main"].body.body
     returned = set(result.fields) if isinstance(result, relax.Tuple) else {result}
     return users, returned
@@ -144,7 +131,7 @@ def plan(mod, layer_names: list[str] | None = None, policy: Policy | None = None
                                    [chain[-1] if chain else var], [var, *chain]))
             continue
         if _is_elementwise(value):
-            roots = {root.get(a, a) for a in _var_args(value)}
+            roots = {root.get(a, a) for a in vars_in(value)}
             if len(roots) == 1:
                 root[var] = roots.pop()
                 continue
@@ -192,10 +179,11 @@ def var_name(var) -> str:
     return str(var.name)
 
 
-def annotate(mod, layer_names: list[str] | None = None, policy: Policy | None = None):
+def annotate(mod, layer_names: list[str] | None = None, policy: Policy | None = None, planned: Plan | None = None):
     """The Annotate pass: `mod` with an observe marker after every tensor a quantized node reads.
-    Bindings of float islands keep reading the unmarked tensors."""
-    p = plan(mod, layer_names, policy)
+    Bindings of float islands keep reading the unmarked tensors. `planned`: plan(mod, ...) if
+    the caller already has it."""
+    p = planned or plan(mod, layer_names, policy)
     float_bindings = {m for n in p.nodes if not n.quantized for m in n.members}
     plain: dict = {}
 

@@ -75,6 +75,19 @@ def constants_in(expr) -> list:
     return []
 
 
+def vars_in(expr) -> list:
+    """The variables an expression reads, in argument order (through calls, tuples, projections)."""
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args for v in vars_in(a)]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in vars_in(f)]
+    if isinstance(expr, relax.TupleGetItem):
+        return vars_in(expr.tuple_value)
+    return []
+
+
 def main_bindings(mod, func_name: str = "main"):
     """(var, value) of every binding of `func_name`, in program order."""
     for block in mod[func_name].body.blocks:

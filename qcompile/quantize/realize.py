@@ -19,7 +19,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from .insert_qdq import weight_axis
-from .ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape
+from .ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape, vars_in
 from .ops import COMPUTE, ELEMENTWISE, PASSTHROUGH
 from .params import weight_qparams
 
@@ -401,26 +401,14 @@ class Realizer:
         return self.emit_float(bb, var, value)
 
     def emit_float(self, bb, var, value):
-        used = _vars_in(value)
+        used = vars_in(value)
         value = substitute(value, {v: self.float_of(bb, v) for v in used if v in self.reps})
         if isinstance(value, relax.Var) or is_const(value):
             return value
         return bb.emit(value, str(var.name))
 
     def finish(self, bb, result):
-        return substitute(result, {v: self.float_of(bb, v) for v in _vars_in(result) if v in self.reps})
-
-
-def _vars_in(expr) -> list:
-    if isinstance(expr, relax.Var):
-        return [expr]
-    if isinstance(expr, relax.Call):
-        return [v for a in expr.args for v in _vars_in(a)]
-    if isinstance(expr, relax.Tuple):
-        return [v for f in expr.fields for v in _vars_in(f)]
-    if isinstance(expr, relax.TupleGetItem):
-        return _vars_in(expr.tuple_value)
-    return []
+        return substitute(result, {v: self.float_of(bb, v) for v in vars_in(result) if v in self.reps})
 
 
 def realize(mod, per_channel: bool = True):
