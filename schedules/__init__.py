@@ -20,8 +20,23 @@ def schedule_passes(family: str, target) -> list:
     from tvm.s_tir.dlight import ApplyDefaultSchedule
 
     from .cpu_default import CPUDefault
+    from .int8_schedule import Int8Packed
+    from .intrinsics import KERNELS
 
-    return [ApplyDefaultSchedule(CPUDefault())]
+    if family not in KERNELS:
+        return [ApplyDefaultSchedule(CPUDefault())]
+    return [ApplyDefaultSchedule(Int8Packed(KERNELS[family]), CPUDefault())]
+
+
+def relax_passes(family: str) -> list:
+    """Passes on the Relax graph before legalization: int8 layers into the family's packed kernels."""
+    from .intrinsics import KERNELS
+
+    if family not in KERNELS:
+        return []
+    from .int8_packed import pack_int8_pass
+
+    return [pack_int8_pass(KERNELS[family])]
 
 
 def relax_pipeline(family: str, target):
@@ -39,6 +54,7 @@ def relax_pipeline(family: str, target):
         with target:
             seq = tvm.transform.Sequential(
                 stock.library_dispatch_passes(target)
+                + relax_passes(family)
                 + stock.legalize_passes(target)
                 + schedule_passes(family, target)
                 + stock.dataflow_lower_passes(target)

@@ -20,6 +20,8 @@ from qcompile.quantize.ir import main_bindings, op_name, tensor_dtype
 from qcompile.quantize.params import weight_qparams
 
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+from schedules.int8_packed import pack_weight
+from schedules.intrinsics import KERNELS
 
 FASHION_ONNX = fashion_mnist_cnn_onnx()
 
@@ -179,8 +181,11 @@ def test_dynamic_and_weight_only_int8_for_matmuls(tmp_path, mode):
     got = qcompile.run(built.artifact, {"x": x}).outputs["y"]
     assert built.metadata["weight_bytes"] < 0.3 * built.metadata["float_weight_bytes"]
     w1 = numpy_helper.to_array(onnx.load(str(model)).graph.initializer[0])
-    stored = weight_qparams(w1, axis=1).quantize(w1).tobytes()
-    assert stored[:512] in built.artifact.read_bytes()  # the .so holds the int8 weights themselves
+    stored = weight_qparams(w1, axis=1).quantize(w1)
+    family = built.metadata["schedule_family"]
+    if mode == "dynamic" and family in KERNELS:  # int8 x int8: packed for the family's dot product
+        stored = pack_weight(stored.T.reshape(*stored.T.shape, 1, 1), KERNELS[family])
+    assert stored.tobytes()[:512] in built.artifact.read_bytes()  # the .so holds the int8 weights themselves
     if mode == "weight-only":  # and no float copy of them (constant folding would make one)
         assert built.artifact.stat().st_size < (tmp_path / "f.so").stat().st_size - 0.5 * built.metadata["float_weight_bytes"]
     assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()

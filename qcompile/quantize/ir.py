@@ -131,7 +131,8 @@ def rewrite_main(mod, rule: RewriteRule, finish: Callable | None = None, *,
             out = bb.emit_output(result)
         bb.emit_func_output(out)
     new_mod = mod.clone()
-    new_mod[func_name] = bb.get()[func_name]
+    for gv, func in bb.get().functions_items():  # the rewritten function and any kernels it emitted
+        new_mod[func_name if gv.name_hint == func_name else gv] = func
     return new_mod
 
 

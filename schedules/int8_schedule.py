@@ -1,0 +1,104 @@
+"""Schedule of the packed int8 kernel (schedules/int8_packed.py), one function for both paths:
+the default schedule (fixed tile) and MetaSchedule (the tile is a sampled, tunable decision).
+
+Dot block loops: n, oh, ow, oc_outer, lane | kh, kw, c_outer, k. The output row is split into
+`tile` pixels whose int32 accumulators (tile x lanes) stay in registers while the weight tile of
+(kh, kw, c_outer) is reused across them; (lane, k) is one dot-product instruction."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+
+from .int8_packed import RULE
+from .intrinsics import KERNELS, Int8Kernel, register
+
+MAX_TILE = 8  # pixels per register block: 8 accumulators of one vector each
+
+
+def default_tile(width: int) -> int:
+    return max(t for t in range(1, MAX_TILE + 1) if width % t == 0)
+
+
+def find_dot_block(sch):
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).annotations.get("schedule_rule") == RULE:
+            return block
+    return None
+
+
+def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
+    """Tile, register-block and tensorize the dot block. `tile=None` samples the row tile (tuning)."""
+    sch.unannotate(dot, "schedule_rule")  # tensorize compares annotations with the intrinsic's
+    n, oh, ow, oco, lane, kh, kw, co, ki = sch.get_loops(dot)
+    if tile is None:
+        factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_TILE)
+    else:
+        factors = [None, tile]
+    ow_outer, ow_inner = sch.split(ow, factors)
+    sch.reorder(n, oh, ow_outer, oco, kh, kw, co, ow_inner, lane, ki)
+    outer = sch.fuse(n, oh, ow_outer)
+    sch.parallel(outer)
+    acc = sch.cache_write(dot, 0, "local")
+    sch.reverse_compute_at(acc, oco)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    init = sch.decompose_reduction(dot, kh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if kernel.intrin is not None:
+        sch.tensorize(lane, register(kernel.intrin))
+    else:
+        sch.reorder(ki, lane)
+        sch.unroll(ki)
+        sch.vectorize(lane)
+    sch.unroll(ow_inner)
+    return sch
+
+
+def _schedule_rest(sch, dot) -> None:
+    """The input packing and the epilogue: inlined where injective, outer loops in parallel."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    dot_index = names.index(sch.get(dot).name_hint)
+    for block in blocks[dot_index + 1:-1]:
+        sch.compute_inline(block)
+    for block in (blocks[:dot_index] + [blocks[-1]]):
+        loops = sch.get_loops(block)
+        if len(loops) >= 2:
+            sch.parallel(sch.fuse(loops[0], loops[1]))
+        elif loops:
+            sch.parallel(loops[0])
+
+
+class Int8Packed(ScheduleRule):
+    """Default schedule (dlight rule) for the kernels the family's pack pass produced."""
+
+    def __init__(self, kernel: Int8Kernel):
+        self.kernel = kernel
+
+    def is_target_available(self, target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        dot = find_dot_block(sch)
+        if dot is None:
+            return None
+        _schedule_rest(sch, dot)
+        width = int(sch.get(sch.get_loops(dot)[2]).extent)
+        return schedule_dot(sch, dot, self.kernel, default_tile(width))
+
+
+def register_tuning_rule(family: str) -> None:
+    """MetaSchedule calls `meta_schedule.<target key>.<rule>` for blocks annotated with the rule."""
+    import tvm
+
+    kernel = KERNELS[family]
+    if kernel.intrin is not None:
+        register(kernel.intrin)
+
+    def tuning_rule(sch, block):
+        return [schedule_dot(sch, block, kernel)]
+
+    tvm.register_global_func(f"meta_schedule.cpu.{RULE}", tuning_rule, override=True)

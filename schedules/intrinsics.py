@@ -1,0 +1,160 @@
+"""Int8 dot-product tensor intrinsics per ISA, and the packed-kernel shape each family uses.
+
+One description for all of them: C[lanes] (int32) += sum_k A[k] * B[lanes, k], with A the
+`kpack` activations of one pixel (contiguous in the packed input) and B a pre-packed weight tile.
+Each ISA supplies the implementation. They are registered here rather than taken from
+`tvm.s_tir.tensor_intrin`, whose import costs about 70 s (and whose VNNI intrinsic no longer
+verifies with LLVM 22: vpdpbusd.512 takes <64 x i8> operands)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.script import tirx as T
+
+# Relax-generated kernels index with int64; the descriptions must match them exactly.
+I0, I2, I4, I16 = T.int64(0), T.int64(2), T.int64(4), T.int64(16)
+
+
+@dataclass(frozen=True)
+class Int8Kernel:
+    """How a family computes int8 convolutions: `lanes` output channels per vector, `kpack`
+    input channels reduced per instruction, activations widened/shifted to `act_dtype`."""
+
+    lanes: int
+    kpack: int
+    act_dtype: str  # uint8 (x86 VNNI), int8 (ARM sdot), int16 (exact pmaddwd / NEON widening)
+    intrin: str | None  # None: LLVM vectorizes the packed loops on its own
+    instruction: str  # what to look for in the assembly
+
+    def shift(self, input_dtype: str) -> int:
+        """Added to every activation so it fits `act_dtype` (and subtracted back through the bias)."""
+        if self.act_dtype == "uint8" and input_dtype == "int8":
+            return 128
+        if self.act_dtype == "int8" and input_dtype == "uint8":
+            return -128
+        return 0
+
+
+def _desc(lanes: int, kpack: int, a_dtype: str):
+    L, KP, zero = T.int64(lanes), T.int64(kpack), T.int64(0)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (KP,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (L, KP), "int8", offset_factor=1)
+        C = T.match_buffer(c, (L,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[zero:L], A[zero:KP], B[zero:L, zero:KP])
+            T.writes(C[zero:L])
+            for i, k in T.grid(L, KP):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _vnni_impl():
+    """x86 AVX-512 VNNI: vpdpbusd (u8 x s8, four products summed into each int32 lane)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (I16, I4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (I16,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I0:I16], A[I0:I4], B[I0:I16, I0:I4])
+            T.writes(C[I0:I16])
+            a4 = T.reinterpret(A.vload([I0], "uint8x4"), dtype="int32")
+            C[T.ramp(I0, T.int64(1), 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([I0], "int32x16"),
+                T.reinterpret(T.broadcast(a4, 16), dtype="int8x64"),
+                B.vload([I0, I0], "int8x64"),
+                dtype="int32x16",
+            )
+
+    return impl
+
+
+def _pmaddwd_impl(lanes: int, llvm_intrin: str):
+    """x86 AVX2 / AVX-512BW: vpmaddwd on sign-extended int8 weights and int16 activations. Exact
+    (no int16 saturation, unlike vpmaddubsw), two products summed into each int32 lane."""
+    a_vec, b_vec, c_vec = f"int16x{2 * lanes}", f"int8x{2 * lanes}", f"int32x{lanes}"
+    IL = T.int64(lanes)
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I2,), "int16", offset_factor=1)
+        B = T.match_buffer(b, (IL, I2), "int8", offset_factor=1)
+        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I0:IL], A[I0:I2], B[I0:IL, I0:I2])
+            T.writes(C[I0:IL])
+            a2 = T.reinterpret(A.vload([I0], "int16x2"), dtype="int32")
+            C[T.ramp(I0, T.int64(1), lanes)] = C.vload([I0], c_vec) + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_intrin),
+                T.reinterpret(T.broadcast(a2, lanes), dtype=a_vec),
+                T.Cast(a_vec, B.vload([I0, I0], b_vec)),
+                dtype=c_vec,
+            )
+
+    return impl
+
+
+def _sdot_impl():
+    """ARM dot-product extension: sdot (s8 x s8, four products summed into each int32 lane)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (I4, I4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (I4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I0:I4], A[I0:I4], B[I0:I4, I0:I4])
+            T.writes(C[I0:I4])
+            a4 = T.reinterpret(A.vload([I0], "int8x4"), dtype="int32")
+            C[T.ramp(I0, T.int64(1), 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                C.vload([I0], "int32x4"),
+                T.reinterpret(T.broadcast(a4, 4), dtype="int8x16"),
+                B.vload([I0, I0], "int8x16"),
+                dtype="int32x4",
+            )
+
+    return impl
+
+
+# family -> packed kernel. Families not listed keep TVM's legalized int8 kernels.
+KERNELS = {
+    "x86-vnni": Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd"),
+    "x86-avx512": Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"),
+    "x86-avx2": Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"),
+    "arm-dotprod": Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot"),
+    "arm-i8mm": Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot"),
+    "arm-neon": Int8Kernel(8, 2, "int16", None, "smlal"),
+}
+
+_IMPLS = {
+    "qcompile_vnni_16x4": lambda: (_desc(16, 4, "uint8"), _vnni_impl()),
+    "qcompile_avx512_pmaddwd_16x2": lambda: (_desc(16, 2, "int16"), _pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
+    "qcompile_avx2_pmaddwd_8x2": lambda: (_desc(8, 2, "int16"), _pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
+    "qcompile_sdot_4x4": lambda: (_desc(4, 4, "int8"), _sdot_impl()),
+}
+_registered: set[str] = set()
+
+
+def register(name: str) -> str:
+    """Register intrinsic `name` with TVM once per process (schedules and replayed tuning records need it)."""
+    if name not in _registered:
+        from tvm.s_tir import TensorIntrin
+
+        TensorIntrin.register(name, *_IMPLS[name](), override=True)
+        _registered.add(name)
+    return name
+
+
+def register_all() -> None:
+    for name in _IMPLS:
+        register(name)
