@@ -22,19 +22,22 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
+def _quantize(args) -> dict | None:
+    if args.quantize:
+        return {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
+                "per_channel": args.per_channel, "symmetric": not args.asymmetric,
+                "bias_correction": not args.no_bias_correction,
+                "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ())}
+    if args.calib:
+        raise QCompileError("--calib is only used with --quantize int8")
+    return None
+
+
 def cmd_build(args) -> None:
     from .pipeline import build
 
-    quantize = None
-    if args.quantize:
-        quantize = {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
-                    "per_channel": args.per_channel, "symmetric": not args.asymmetric,
-                    "bias_correction": not args.no_bias_correction,
-                    "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ())}
-    elif args.calib:
-        raise QCompileError("--calib is only used with --quantize int8")
     result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle,
-                   quantize=quantize, calib=args.calib, report=args.report)
+                   quantize=_quantize(args), calib=args.calib, report=args.report, records=args.records)
     meta = result.metadata
     print(f"wrote {result.artifact} ({meta['target']}, {result.artifact.stat().st_size / 1e6:.2f} MB; "
           f"weights {meta['weight_bytes'] / 1e6:.2f} MB, float weights {meta['float_weight_bytes'] / 1e6:.2f} MB)")
@@ -42,6 +45,24 @@ def cmd_build(args) -> None:
         print(f"wrote report {args.report}")
     if result.bundle:
         print(f"wrote bundle {result.bundle}/")
+
+
+def cmd_tune(args) -> None:
+    from .tune import RPC, tune
+
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise QCompileError("--rpc-tracker and --rpc-key go together")
+    rpc = RPC(args.rpc_tracker, args.rpc_key, args.rpc_timeout) if args.rpc_tracker else None
+    result = tune(args.model, args.target, args.records, args.trials, input_shapes=_shapes(args.input_shape),
+                  quantize=_quantize(args), calib=args.calib, rpc=rpc, seed=args.seed)
+    width = max(len(t.name) for t in result.tasks) if result.tasks else 10
+    print(f"{'kernel':<{min(width, 60)}}  trials  best ms    verified")
+    for t in result.tasks:
+        best = f"{t.best_ms:.4f}" if t.best_ms is not None else "-"
+        verdict = {True: "yes", False: f"NO (diff {t.max_diff:.2e}; not used)", None: "-"}[t.verified]
+        print(f"{t.name[:60]:<{min(width, 60)}}  {t.trials:>6}  {best:>9}  {verdict}")
+    print(f"{result.new_trials} new trials in {result.seconds:.0f} s; records in {result.records}/ "
+          f"(use: qcompile build ... --records {result.records})")
 
 
 def cmd_run(args) -> None:
@@ -99,7 +120,30 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--output", "-o", default="model.so", help="artifact path (default model.so)")
     b.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
     b.add_argument("--bundle", metavar="DIR", help="also write a deploy bundle (runtime libraries, runner, README)")
-    q = b.add_argument_group("quantization")
+    b.add_argument("--records", metavar="DIR", help="tuning records from `qcompile tune` (verified kernels replace default schedules)")
+    _quantization_args(b)
+    q = b.add_argument_group("report")
+    q.add_argument("--report", metavar="JSON", help="write the per-layer report (precision, scales, sizes)")
+    b.set_defaults(func=cmd_build)
+
+    tu = sub.add_parser("tune", help="autotune a model's kernels with MetaSchedule; records persist and resume")
+    tu.add_argument("model", help="model file: .onnx, .tflite or torch.export .pt2")
+    tu.add_argument("--target", "-t", default="host", help="target name or .toml (default host)")
+    tu.add_argument("--trials", type=int, default=64, help="measured trials per kernel (default 64)")
+    tu.add_argument("--records", default="tuning-records", metavar="DIR", help="records folder (default tuning-records)")
+    tu.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
+    tu.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered at this TVM RPC tracker")
+    tu.add_argument("--rpc-key", metavar="KEY", help="the devices' key at the tracker")
+    tu.add_argument("--rpc-timeout", type=int, default=30, help="seconds a remote measurement may take (default 30)")
+    tu.add_argument("--seed", type=int, default=0)
+    _quantization_args(tu)
+    tu.set_defaults(func=cmd_tune)
+    _other_commands(sub)
+    return p
+
+
+def _quantization_args(parser_) -> None:
+    q = parser_.add_argument_group("quantization")
     q.add_argument("--quantize", choices=["int8"], help="quantize to int8 (pre-quantized QDQ models need no flag)")
     q.add_argument("--mode", default="static", choices=["static", "simulate", "dynamic", "weight-only"],
                    help="static: integer kernels from calibration (default); simulate: fake-quant in float; "
@@ -117,9 +161,9 @@ def parser() -> argparse.ArgumentParser:
                    help="keep biases as trained (default: correct them for the mean weight-quantization error)")
     q.add_argument("--skip", action="append", metavar="LAYER", help="keep this layer in float (repeatable)")
     q.add_argument("--skip-op", action="append", metavar="OP", help="keep every op of this kind in float, e.g. add")
-    q.add_argument("--report", metavar="JSON", help="write the per-layer report (precision, scales, sizes)")
-    b.set_defaults(func=cmd_build)
 
+
+def _other_commands(sub) -> None:
     r = sub.add_parser("run", help="run an artifact on .npz inputs (emulated for other architectures)")
     r.add_argument("artifact")
     r.add_argument("--input", "-i", required=True, help=".npz keyed by input name")
@@ -139,7 +183,6 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="build the bundled example for host and rpi5, run both, compare with onnxruntime")
     d.add_argument("--workdir", default="qcompile-demo")
     d.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,24 +58,41 @@ def quantize_step(mod, imported, quantize, calib):
     return quantize_module(mod, imported.inputs, calib, config, imported.layer_names)
 
 
-def compile_module(mod, spec):
-    """Compile a Relax module for `spec` with its schedule family's pipeline."""
+def compile_module(mod, spec, records=None):
+    """Compile a Relax module for `spec` with its schedule family's pipeline; with `records` (a
+    tuning database folder), kernels tuned and verified there replace the default schedules."""
+    import contextlib
+
     import tvm
 
     from schedules import relax_pipeline
 
     target = spec.tvm_target()
+    database = None
+    if records is not None:
+        from .records import trusted_database
+
+        database = trusted_database(records, spec)
     try:
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(spec.schedule_family, target))
+        with database if database is not None else contextlib.nullcontext():
+            return tvm.compile(mod, target=target,
+                               relax_pipeline=relax_pipeline(spec.schedule_family, target, tuned=database is not None))
     except Exception as err:  # noqa: BLE001 - TVM's errors become one line for the user.
         raise QCompileError(f"compiling for target '{spec.name}' failed: {last_line(err)}") from None
 
 
-def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
-          bundle=None, quantize=None, calib=None, report=None) -> BuildResult:
-    """Compile `model` for `target` into the shared library `output` (and a deploy bundle).
-    `quantize`: a QuantConfig (or its fields as a dict) to quantize with `calib` data; `report`:
-    a JSON path for the per-layer quantization report."""
+@dataclass
+class Prepared:
+    spec: object
+    imported: object
+    float_mod: object
+    mod: object
+    quant_report: dict | None
+
+
+def prepare(model, target: str, input_shapes=None, quantize=None, calib=None) -> Prepared:
+    """Model file -> the Relax module a build compiles (and tuning tunes): imported, simplified,
+    quantized when asked."""
     import tvm
 
     spec = get_target(target)
@@ -83,6 +100,20 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
     imported = load_model(model, input_shapes)
     float_mod = tvm.transform.Sequential(float_passes())(imported.mod)
     mod, quant_report = quantize_step(float_mod, imported, quantize, calib)
+    return Prepared(spec, imported, float_mod, mod, quant_report)
+
+
+def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
+          bundle=None, quantize=None, calib=None, report=None, records=None) -> BuildResult:
+    """Compile `model` for `target` into the shared library `output` (and a deploy bundle).
+    `quantize`: a QuantConfig (or its fields as a dict) to quantize with `calib` data; `report`:
+    a JSON path for the per-layer quantization report; `records`: a tuning database folder
+    written by `tune` (the model is not tuned again)."""
+    import tvm
+
+    prepared = prepare(model, target, input_shapes, quantize, calib)
+    spec, imported, float_mod, mod, quant_report = (prepared.spec, prepared.imported, prepared.float_mod,
+                                                    prepared.mod, prepared.quant_report)
     meta = {
         "qcompile_version": pkg_metadata.version("qcompile"),
         "tvm_version": tvm.__version__,
@@ -102,8 +133,9 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
         "quantization": quant_report["config"] if quant_report else None,
         "weight_bytes": weight_bytes(mod),
         "float_weight_bytes": weight_bytes(float_mod),
+        "tuning_records": str(records) if records is not None else None,
     }
-    executable = compile_module(mod, spec)
+    executable = compile_module(mod, spec, records)
     from .export import write_bundle, write_library
 
     artifact = write_library(executable, spec, Path(output), meta)

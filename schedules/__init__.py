@@ -39,23 +39,37 @@ def relax_passes(family: str) -> list:
     return [pack_int8_pass(KERNELS[family])]
 
 
-def relax_pipeline(family: str, target):
+def fused_module_passes(family: str, target) -> list:
+    """Everything up to the fused TIR kernels: the module tuning extracts its tasks from, and the
+    one tuning records are applied to (the same passes, so the records' workloads match)."""
+    import importlib
+
+    stock = importlib.import_module(f"tvm.relax.backend.{_backend(target)}.pipeline")
+    return stock.library_dispatch_passes(target) + relax_passes(family) + stock.legalize_passes(target)
+
+
+def _backend(target) -> str:
+    # The backend's own pipeline module: tvm.relax.pipeline's dispatchers reach for
+    # cpu_generic.dataflow_lower_passes, which 0.27's cpu_generic package does not export.
+    return "cuda" if target.kind.name == "cuda" else "cpu_generic"
+
+
+def relax_pipeline(family: str, target, tuned: bool = False):
+    """The whole pipeline; `tuned`: apply the tuning database in scope before the default schedules."""
     import importlib
 
     import tvm
+    from tvm import relax
 
-    # The backend's own pipeline module: tvm.relax.pipeline's dispatchers reach for
-    # cpu_generic.dataflow_lower_passes, which 0.27's cpu_generic package does not export.
-    backend = "cuda" if target.kind.name == "cuda" else "cpu_generic"
-    stock = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+    stock = importlib.import_module(f"tvm.relax.backend.{_backend(target)}.pipeline")
 
     @tvm.transform.module_pass(opt_level=0, name=f"qcompile.pipeline.{family}")
     def _pipeline(mod, _ctx):
         with target:
+            apply_records = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if tuned else []
             seq = tvm.transform.Sequential(
-                stock.library_dispatch_passes(target)
-                + relax_passes(family)
-                + stock.legalize_passes(target)
+                fused_module_passes(family, target)
+                + apply_records
                 + schedule_passes(family, target)
                 + stock.dataflow_lower_passes(target)
                 + stock.finalize_passes(target)

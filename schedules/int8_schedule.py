@@ -28,7 +28,8 @@ def find_dot_block(sch):
 
 
 def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
-    """Tile, register-block and tensorize the dot block. `tile=None` samples the row tile (tuning)."""
+    """Tile, register-block and tensorize the dot block. `tile=None` samples the row tile: a
+    decision MetaSchedule tunes (and mutates)."""
     sch.unannotate(dot, "schedule_rule")  # tensorize compares annotations with the intrinsic's
     n, oh, ow, oco, lane, kh, kw, co, ki = sch.get_loops(dot)
     if tile is None:
@@ -40,7 +41,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     outer = sch.fuse(n, oh, ow_outer)
     sch.parallel(outer)
     acc = sch.cache_write(dot, 0, "local")
-    sch.reverse_compute_at(acc, oco)
+    sch.reverse_compute_at(acc, oco, preserve_unit_loops=True)  # a stable loop count for replayed traces
     sch.vectorize(sch.get_loops(acc)[-1])
     init = sch.decompose_reduction(dot, kh)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -51,22 +52,35 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
         sch.unroll(ki)
         sch.vectorize(lane)
     sch.unroll(ow_inner)
-    return sch
+    return oco
 
 
-def _schedule_rest(sch, dot) -> None:
-    """The input packing and the epilogue: inlined where injective, outer loops in parallel."""
+def _parallel_outer(sch, block) -> None:
+    loops = sch.get_loops(block)
+    if len(loops) >= 2:
+        sch.parallel(sch.fuse(loops[0], loops[1]))
+    elif loops:
+        sch.parallel(loops[0])
+
+
+def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
+    """The whole fused kernel: input packing in parallel, the dot block, and the epilogue (unpack,
+    bias, requantize) inlined into one block computed per tile while the accumulators are hot."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
     dot_index = names.index(sch.get(dot).name_hint)
     for block in blocks[dot_index + 1:-1]:
         sch.compute_inline(block)
-    for block in (blocks[:dot_index] + [blocks[-1]]):
-        loops = sch.get_loops(block)
-        if len(loops) >= 2:
-            sch.parallel(sch.fuse(loops[0], loops[1]))
-        elif loops:
-            sch.parallel(loops[0])
+    for block in blocks[:dot_index]:
+        _parallel_outer(sch, block)
+    last = blocks[-1]
+    oco = schedule_dot(sch, dot, kernel, tile)
+    if last != dot:
+        try:
+            sch.reverse_compute_at(last, oco, preserve_unit_loops=True)
+        except Exception:  # noqa: BLE001 - an epilogue whose region the tile cannot bound runs after it
+            _parallel_outer(sch, last)
+    return sch
 
 
 class Int8Packed(ScheduleRule):
@@ -85,20 +99,26 @@ class Int8Packed(ScheduleRule):
         dot = find_dot_block(sch)
         if dot is None:
             return None
-        _schedule_rest(sch, dot)
         width = int(sch.get(sch.get_loops(dot)[2]).extent)
-        return schedule_dot(sch, dot, self.kernel, default_tile(width))
+        return schedule_kernel(sch, dot, self.kernel, default_tile(width))
 
 
-def register_tuning_rule(family: str) -> None:
-    """MetaSchedule calls `meta_schedule.<target key>.<rule>` for blocks annotated with the rule."""
-    import tvm
+def tuning_space(family: str):
+    """MetaSchedule's design space for a packed kernel: this schedule with the row tile sampled.
+    Its own space generator (not a custom rule inside PostOrderApply): the generic rules would
+    then re-parallelize the loops it marked, which MetaSchedule's postprocessor rejects."""
+    from tvm.s_tir import meta_schedule as ms
 
     kernel = KERNELS[family]
-    if kernel.intrin is not None:
-        register(kernel.intrin)
 
-    def tuning_rule(sch, block):
-        return [schedule_dot(sch, block, kernel)]
+    def space(sch):
+        schedule_kernel(sch, find_dot_block(sch), kernel, None)
+        return sch
 
-    tvm.register_global_func(f"meta_schedule.cpu.{RULE}", tuning_rule, override=True)
+    return ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[ms.postproc.DisallowDynamicLoop()],
+                                         mutator_probs={ms.mutator.MutateTileSize(): 1.0})
+
+
+def is_packed_kernel(mod) -> bool:
+    sch = s_tir.Schedule(mod)
+    return find_dot_block(sch) is not None
