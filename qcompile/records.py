@@ -34,6 +34,9 @@ def _repair(path: Path) -> int:
 def open_database(folder, create: bool = False):
     from tvm.s_tir import meta_schedule as ms
 
+    from schedules.intrinsics import register_all
+
+    register_all()  # loading replays the records' traces, which name qcompile's intrinsics
     folder = Path(folder)
     if not create and not (folder / RECORDS).is_file():
         raise QCompileError(f"{folder}: no tuning records here (expected {RECORDS}); run `qcompile tune` first")
@@ -84,9 +87,6 @@ def trusted_database(folder, spec):
     """An in-memory database with the best verified record of each kernel."""
     from tvm.s_tir import meta_schedule as ms
 
-    from schedules.intrinsics import register_all
-
-    register_all()  # replayed traces name qcompile's intrinsics
     check_target(folder, spec)
     verdicts = read_json(folder, VERIFIED)
     trusted = ms.database.MemoryDatabase()

@@ -115,7 +115,7 @@ def extract_tasks(mod, spec, target) -> list[tuple[str, object]]:
     return tasks
 
 
-def _check_tracker(rpc: RPC) -> None:
+def _check_tracker(rpc: RPC, resume_hint: str = "") -> None:
     from tvm import rpc as tvm_rpc
 
     host, port = rpc.host_port
@@ -125,7 +125,7 @@ def _check_tracker(rpc: RPC) -> None:
         raise QCompileError(f"--rpc-tracker {rpc.tracker}: no RPC tracker answers there") from None
     free = summary.get("queue_info", {}).get(rpc.key, {}).get("free", 0)
     if not free:
-        raise QCompileError(f"--rpc-key {rpc.key}: no free device with this key at tracker {rpc.tracker}")
+        raise QCompileError(f"--rpc-key {rpc.key}: no free device with this key at tracker {rpc.tracker}{resume_hint}")
 
 
 def _runner(rpc: RPC | None):
@@ -155,7 +155,7 @@ def _progress_callback(bar, state: dict):
                 else:
                     state["failed"] += 1
             bar.update(len(runner_results))
-            bar.set_postfix_str(f"{state['task']}: best {state.get('best_ms') or float('nan'):.4f} ms")
+            bar.set_postfix_str(f"{state['task']}: best {state.get('best_ms') or float('nan'):.4g} ms")
 
     return Progress()
 
@@ -238,6 +238,7 @@ class _RemoteDevice:
         self.session = tvm_rpc.connect_tracker(host, port).request(rpc.key, session_timeout=rpc.timeout_s * 4)
         self.dev = self.session.cpu()
         self.spec_json = spec.to_json()
+        self.uploads = 0
 
     def tensor(self, a):
         import tvm
@@ -245,9 +246,10 @@ class _RemoteDevice:
         return tvm.runtime.tensor(a, self.dev)
 
     def run(self, lib, tensors):
-        path = _export(self.spec_json, lib)
-        self.session.upload(path)
-        remote = self.session.load_module(Path(path).name)
+        self.uploads += 1  # a fresh name each time: re-opening an overwritten library would crash the server
+        name = f"kernel_{self.uploads}.so"
+        self.session.upload(_export(self.spec_json, lib), target=name)
+        remote = self.session.load_module(name)
         remote["main"](*tensors)
 
 
@@ -300,6 +302,8 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
         for index, (name, mod, remaining) in enumerate(todo):
             if remaining == 0:
                 continue
+            if rpc is not None and index:
+                _check_tracker(rpc, f"; {state['trials']} trials are kept in {records}: run the same command again to resume")
             state.update(task=name, best_ms=None)
             context = ms.TuneContext(mod=mod, target=ms_target, space_generator=tuning_space(spec.schedule_family) if is_packed_kernel(mod) else _space(),
                                      search_strategy=_strategy(trials), task_name=name, num_threads=1,

@@ -1,0 +1,177 @@
+"""Autotuning: records that persist, resume after kill -9, apply to builds; tuning through an RPC
+tracker on loopback, with a device dropping out mid-run. Tiny trial counts: speed is measured in
+benchmarks/speed.py, not here."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, qc
+
+import qcompile
+from qcompile.records import RECORDS, VERIFIED, _repair
+
+SHAPE = ["--input-shape", "x:1,1,8,8"]
+
+
+def _lines(records: Path) -> list[str]:
+    path = records / RECORDS
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calib") / "calib.npz"
+    np.savez(path, x=np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32))
+    return path
+
+
+def test_tune_records_apply_to_an_int8_build_verified_and_unchanged(tmp_path, small_cnn_path, calib):
+    records = tmp_path / "db"
+    proc = qc("tune", small_cnn_path, "--trials", "2", "--records", records, *SHAPE, "--quantize", "int8", "--calib", calib)
+    assert proc.returncode == 0, proc.stderr
+    assert "trial/s" in proc.stderr and "best" in proc.stderr  # the progress bar
+    verdicts = json.loads((records / VERIFIED).read_text())
+    assert verdicts and all(v["ok"] for v in verdicts.values())
+    assert any("int8" in v["task"] for v in verdicts.values())
+    x = {"x": np.random.default_rng(2).random((1, 1, 8, 8), dtype=np.float32)}
+    kw = {"input_shapes": {"x": [1, 1, 8, 8]}, "quantize": {"progress": False}, "calib": str(calib)}
+    tuned = qcompile.build(small_cnn_path, "host", tmp_path / "t.so", records=records, **kw)
+    plain = qcompile.build(small_cnn_path, "host", tmp_path / "u.so", **kw)
+    assert tuned.metadata["tuning_records"] == str(records)
+    np.testing.assert_array_equal(qcompile.run(tuned.artifact, x).outputs["logits"],
+                                  qcompile.run(plain.artifact, x).outputs["logits"])
+    # a second run has nothing left to measure for the kernels whose budget is spent
+    again = qc("tune", small_cnn_path, "--trials", "2", "--records", records, *SHAPE, "--quantize", "int8", "--calib", calib)
+    assert again.returncode == 0, again.stderr
+    assert len(_lines(records)) - len(verdicts) * 2 <= len(verdicts) * 2  # nothing was measured twice over
+
+
+def test_tuning_resumes_after_kill_9_with_nothing_lost(tmp_path, small_cnn_path):
+    records = tmp_path / "db"
+    cmd = [sys.executable, "-m", "qcompile.cli", "tune", str(small_cnn_path), "--trials", "6", "--records", str(records), *SHAPE]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while len(_lines(records)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _lines(records)
+    assert len(before) >= 3
+    with open(records / RECORDS, "a") as f:  # what a kill in the middle of a write leaves
+        f.write('[0, [[["torn')
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    after = _lines(records)
+    assert after[:len(before)] == before  # every record of the killed run kept, the torn line dropped
+    new = int(resumed.stdout.strip().splitlines()[-1].split()[0])
+    assert new == len(after) - len(before)
+    fresh = tmp_path / "fresh"
+    full = qc("tune", small_cnn_path, "--trials", "6", "--records", fresh, *SHAPE)
+    assert full.returncode == 0
+    assert new < len(_lines(fresh))  # the resumed run measured only what was missing
+
+
+def test_torn_last_line_is_repaired(tmp_path):
+    path = tmp_path / "records.json"
+    path.write_text('[1, 2]\n[3, 4]\n[5, ')
+    assert _repair(path) == 2
+    assert path.read_text() == "[1, 2]\n[3, 4]\n"
+
+
+def test_records_of_another_target_are_refused(tmp_path, small_cnn_path):
+    records = tmp_path / "db"
+    records.mkdir()
+    (records / "target.json").write_text(json.dumps({"name": "rpi5"}))
+    (records / RECORDS).write_text("")
+    proc = qc("build", small_cnn_path, "-o", tmp_path / "m.so", "--records", records, *SHAPE)
+    assert_one_line_error(proc, "tuned for target 'rpi5'")
+    assert not (tmp_path / "m.so").exists()
+
+
+def test_tuning_a_foreign_target_without_a_device_says_how(tmp_path, small_cnn_path):
+    proc = qc("tune", small_cnn_path, "--target", "rpi5", "--records", tmp_path / "db", *SHAPE)
+    assert_one_line_error(proc, "rpi5", "--rpc-tracker")
+
+
+# --- RPC tracker on loopback -------------------------------------------------------------------
+
+def _spawn(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _free(port: int, key: str) -> int:
+    from tvm import rpc
+
+    try:
+        return rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"].get(key, {}).get("free", 0)
+    except Exception:  # noqa: BLE001 - not up yet
+        return 0
+
+
+@pytest.fixture
+def tracker():
+    port = 9190 + os.getpid() % 500
+    proc = _spawn("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
+    servers = []
+
+    def server(key):
+        servers.append(_spawn("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port + 100 + 10 * len(servers)),
+                              "--port-end", str(port + 109 + 10 * len(servers)), "--tracker", f"127.0.0.1:{port}",
+                              "--key", key))
+        return servers[-1]
+
+    yield port, server
+    for p in servers + [proc]:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _wait_free(port, key, n):
+    deadline = time.time() + 60
+    while _free(port, key) < n and time.time() < deadline:
+        time.sleep(0.3)
+    assert _free(port, key) >= n
+
+
+def test_rpc_tuning_finishes_on_the_remaining_device_when_one_drops_out(tmp_path, small_cnn_path, tracker):
+    port, server = tracker
+    first = server("loopback")
+    server("loopback")
+    _wait_free(port, "loopback", 2)
+    records = tmp_path / "db"
+    cmd = [sys.executable, "-m", "qcompile.cli", "tune", str(small_cnn_path), "--trials", "3", "--records", str(records),
+           *SHAPE, "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "loopback", "--rpc-timeout", "10"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(_lines(records)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # one device drops out mid-run
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    verdicts = json.loads((records / VERIFIED).read_text())
+    assert verdicts and all(v["ok"] for v in verdicts.values())
+
+
+def test_rpc_tuning_without_a_device_is_one_clear_line(tmp_path, small_cnn_path, tracker):
+    port, _ = tracker
+    deadline = time.time() + 30
+    from tvm import rpc
+
+    while time.time() < deadline:
+        try:
+            rpc.connect_tracker("127.0.0.1", port).summary()
+            break
+        except Exception:  # noqa: BLE001
+            time.sleep(0.3)
+    proc = qc("tune", small_cnn_path, "--records", tmp_path / "db", *SHAPE,
+              "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "nobody")
+    assert_one_line_error(proc, "nobody", f"127.0.0.1:{port}")
