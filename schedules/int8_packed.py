@@ -10,6 +10,10 @@ channels and one contiguous weight tile per instruction. A shifted activation (x
 u8 x s8 instruction with int8 data) is corrected exactly by `corr[oc] = s * sum(W[oc])`.
 A matmul x[M, K] @ W[K, N] is the 1x1 convolution of x viewed as [M, K, 1, 1].
 
+Depthwise convolutions (one filter per channel) become a packed kernel of their own: channels-last,
+`lanes` channels per vector, int16 activations, no dot-product instruction (nothing to sum across
+channels).
+
 The kernel's dot-product block carries `schedule_rule = qcompile_int8_dot`: the default schedule
 and MetaSchedule (through its custom-rule hook) both schedule it with `int8_schedule`."""
 
@@ -27,6 +31,7 @@ from .intrinsics import Int8Kernel
 
 RULE = "qcompile_int8_dot"
 KERNEL_NAME = "qcompile_int8_conv"
+DEPTHWISE_NAME = "qcompile_int8_depthwise"
 
 
 def pack_weight(w: np.ndarray, kernel: Int8Kernel) -> np.ndarray:
@@ -39,15 +44,18 @@ def pack_weight(w: np.ndarray, kernel: Int8Kernel) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(oco, L, co, KP, kh, kw).transpose(0, 4, 5, 2, 1, 3))
 
 
-def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int, kernel: Int8Kernel, shift: int):
+def _i64(v):
+    return tirx.IntImm("int64", v)  # Relax kernels index in int64
+
+
+def _out_size(size: int, pad: int, k: int, stride: int, dilation: int) -> int:
+    return (size + pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def _pack_input(x, channels: int, padding, act: str, shift: int):
+    """x NCHW -> padded, channels-last, shifted/widened to `act`, channels zero-filled to `channels`."""
     n, c, h, w = (int(d) for d in x.shape)
-    oco, kh, kw, co, L, KP = (int(d) for d in wp.shape)
     pt, pl, pb, pr = padding
-    sh, sw = strides
-    dh, dw = dilation
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    act = kernel.act_dtype
     fill = tirx.const(shift, act)
 
     def packed(i, y, z, ch):
@@ -55,28 +63,70 @@ def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int
         value = (x[i, tirx.min(ch, c - 1), y - pt, z - pl].astype("int32") + shift).astype(act)
         return tirx.if_then_else(inside, value, fill)
 
-    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731 - Relax kernels index in int64
-    xp = te.compute(tuple(map(i64, (n, h + pt + pb, w + pl + pr, co * KP))), packed, name="pack_input")
-    rkh, rkw = te.reduce_axis((i64(0), i64(kh)), "kh"), te.reduce_axis((i64(0), i64(kw)), "kw")
-    rco, rki = te.reduce_axis((i64(0), i64(co)), "co"), te.reduce_axis((i64(0), i64(KP)), "ki")
+    return te.compute(tuple(map(_i64, (n, h + pt + pb, w + pl + pr, channels))), packed, name="pack_input")
+
+
+def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int, kernel: Int8Kernel, shift: int):
+    n, _, h, w = (int(d) for d in x.shape)
+    oco, kh, kw, co, L, KP = (int(d) for d in wp.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = _out_size(h, padding[0] + padding[2], kh, sh, dh)
+    ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
+    xp = _pack_input(x, co * KP, padding, kernel.act_dtype, shift)
+    rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
+    rco, rki = te.reduce_axis((_i64(0), _i64(co)), "co"), te.reduce_axis((_i64(0), _i64(KP)), "ki")
     acc = te.compute(
-        tuple(map(i64, (n, oh, ow, oco, L))),
+        tuple(map(_i64, (n, oh, ow, oco, L))),
         lambda i, y, z, o, l: te.sum(
             xp[i, y * sh + rkh * dh, z * sw + rkw * dw, rco * KP + rki].astype("int32")
             * wp[o, rkh, rkw, rco, l, rki].astype("int32"),
             axis=[rkh, rkw, rco, rki]),
         name="int8_dot", attrs={"schedule_rule": RULE})
-    return te.compute(tuple(map(i64, (n, out_channels, oh, ow))),
+    return te.compute(tuple(map(_i64, (n, out_channels, oh, ow))),
                       lambda i, o, y, z: acc[i, y, z, o // L, o % L] - corr[o], name="unpack")
+
+
+def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+    """[C, 1, KH, KW] int8 -> [C/lanes, KH, KW, lanes], zero-padded."""
+    c, _, kh, kw = w.shape
+    cb = -(-c // lanes)
+    padded = np.zeros((cb * lanes, kh, kw), np.int8)
+    padded[:c] = w[:, 0]
+    return np.ascontiguousarray(padded.reshape(cb, lanes, kh, kw).transpose(0, 2, 3, 1))
+
+
+def packed_depthwise_te(x, wp, *, strides, padding, dilation):
+    """Depthwise: each channel its own 2-D filter, `lanes` channels per vector; int16 activations
+    (exact for int8 and uint8 alike, no shift)."""
+    n, c, h, w = (int(d) for d in x.shape)
+    cb, kh, kw, L = (int(d) for d in wp.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = _out_size(h, padding[0] + padding[2], kh, sh, dh)
+    ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
+    xp = _pack_input(x, cb * L, padding, "int16", 0)
+    rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
+    acc = te.compute(
+        tuple(map(_i64, (n, oh, ow, cb, L))),
+        lambda i, y, z, o, l: te.sum(
+            xp[i, y * sh + rkh * dh, z * sw + rkw * dw, o * L + l].astype("int32") * wp[o, rkh, rkw, l].astype("int32"),
+            axis=[rkh, rkw]),
+        name="int8_dot", attrs={"schedule_rule": RULE})
+    return te.compute(tuple(map(_i64, (n, c, oh, ow))), lambda i, o, y, z: acc[i, y, z, o // L, o % L], name="unpack")
 
 
 def _conv_args(call) -> dict | None:
     a = call.attrs
-    if (int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW"
+    if (a.data_layout != "NCHW" or a.kernel_layout != "OIHW"
             or a.out_layout != "NCHW" or str(a.out_dtype) != "int32"):
         return None
     return {"strides": [int(s) for s in a.strides], "padding": [int(p) for p in a.padding],
             "dilation": [int(d) for d in a.dilation]}
+
+
+def _is_depthwise(call) -> bool:
+    channels = int(call.args[0].ty.shape.values[1])
+    w_shape = [int(d) for d in call.args[1].ty.shape.values]
+    return int(call.attrs.groups) == channels and w_shape[:2] == [channels, 1]
 
 
 def _eligible(call) -> bool:
@@ -98,7 +148,12 @@ def _rule(kernel: Int8Kernel):
     def rule(bb, var, value):
         name = op_name(value)
         if name == "nn.conv2d" and _eligible(value) and (conv := _conv_args(value)) is not None:
-            return _emit_packed(bb, value.args[0], const_value(value.args[1]), conv, kernel, var.name)
+            if int(value.attrs.groups) == 1:
+                return _emit_packed(bb, value.args[0], const_value(value.args[1]), conv, kernel, var.name)
+            if _is_depthwise(value):
+                wp = pack_depthwise_weight(const_value(value.args[1]), kernel.lanes)
+                return bb.emit_te(functools.partial(packed_depthwise_te, **conv), value.args[0], relax.const(wp, "int8"),
+                                  primfunc_name_hint=DEPTHWISE_NAME, name_hint=var.name)
         if name == "matmul" and _eligible(value) and str(value.attrs.out_dtype) == "int32":
             x, w = value.args[0], const_value(value.args[1])
             if len(x.ty.shape.values) == 2 and w.ndim == 2:

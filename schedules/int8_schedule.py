@@ -31,26 +31,29 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     """Tile, register-block and tensorize the dot block. `tile=None` samples the row tile: a
     decision MetaSchedule tunes (and mutates)."""
     sch.unannotate(dot, "schedule_rule")  # tensorize compares annotations with the intrinsic's
-    n, oh, ow, oco, lane, kh, kw, co, ki = sch.get_loops(dot)
+    n, oh, ow, oco, lane, *reduce = sch.get_loops(dot)
+    depthwise = len(reduce) == 2  # kh, kw; a convolution also has c_outer, k
     if tile is None:
         factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_TILE)
     else:
         factors = [None, tile]
     ow_outer, ow_inner = sch.split(ow, factors)
-    sch.reorder(n, oh, ow_outer, oco, kh, kw, co, ow_inner, lane, ki)
+    outer_reduce, inner_reduce = (reduce, []) if depthwise else (reduce[:3], reduce[3:])
+    sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, lane, *inner_reduce)
     outer = sch.fuse(n, oh, ow_outer)
     sch.parallel(outer)
     acc = sch.cache_write(dot, 0, "local")
     sch.reverse_compute_at(acc, oco, preserve_unit_loops=True)  # a stable loop count for replayed traces
     sch.vectorize(sch.get_loops(acc)[-1])
-    init = sch.decompose_reduction(dot, kh)
+    init = sch.decompose_reduction(dot, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
-    if kernel.intrin is not None:
+    # Without an intrinsic the lane loop stays a plain innermost loop over contiguous data, which
+    # LLVM vectorizes itself (TVM refuses vectorize on a spatial loop inside a reduction block).
+    if not depthwise and kernel.intrin is not None:
         sch.tensorize(lane, register(kernel.intrin))
-    else:
-        sch.reorder(ki, lane)
-        sch.unroll(ki)
-        sch.vectorize(lane)
+    elif not depthwise:
+        sch.reorder(inner_reduce[0], lane)
+        sch.unroll(inner_reduce[0])
     sch.unroll(ow_inner)
     return oco
 
