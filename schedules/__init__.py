@@ -11,13 +11,20 @@ FAMILIES = ("x86-avx2", "x86-avx512", "x86-vnni", "arm-neon", "arm-dotprod", "ar
 
 
 def schedule_passes(family: str, target) -> list:
-    """The family's default-schedule passes (empty where TVM's legalized TIR is used as is).
-    GPU schedules ship with TVM's CUDA legalization (dlight); CPU int8 kernels are added per family."""
+    """The family's default-schedule passes: its packed int8 kernels first, then a rule for every
+    other kernel (schedules/cpu_default.py on CPUs, TVM's dlight GPU rules on CUDA)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown schedule family '{family}'; known: {', '.join(FAMILIES)}")
-    if family == "cuda":
-        return []
     from tvm.s_tir.dlight import ApplyDefaultSchedule
+
+    if family == "cuda":
+        from tvm.s_tir.dlight import gpu
+
+        from .cuda_int8 import Int8PackedGPU
+        from .intrinsics import KERNELS
+
+        return [ApplyDefaultSchedule(Int8PackedGPU(KERNELS[family]), gpu.Matmul(), gpu.GEMV(), gpu.Reduction(),
+                                     gpu.GeneralReduction(), gpu.Fallback())]
 
     from .cpu_default import CPUDefault
     from .int8_schedule import Int8Packed
@@ -44,8 +51,13 @@ def fused_module_passes(family: str, target) -> list:
     one tuning records are applied to (the same passes, so the records' workloads match)."""
     import importlib
 
+    from tvm import relax
+
     stock = importlib.import_module(f"tvm.relax.backend.{_backend(target)}.pipeline")
-    return stock.library_dispatch_passes(target) + relax_passes(family) + stock.legalize_passes(target)
+    # The stock legalization without the default schedules CUDA's adds: ours follow in schedule_passes.
+    fusion = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+              relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    return stock.library_dispatch_passes(target) + relax_passes(family) + fusion
 
 
 def _backend(target) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 
 # Relax-generated kernels index with int64; the descriptions must match them exactly.
-I0, I2, I4, I16 = T.int64(0), T.int64(2), T.int64(4), T.int64(16)
+I0, I1, I2, I3, I4, I16 = T.int64(0), T.int64(1), T.int64(2), T.int64(3), T.int64(4), T.int64(16)
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,27 @@ def _sdot_impl():
     return impl
 
 
+def _dp4a_impl():
+    """CUDA dp4a (sm_61+): four s8 x s8 products summed into one int32; one per output lane."""
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (I4, I4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (I4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I0:I4], A[I0:I4], B[I0:I4, I0:I4])
+            T.writes(C[I0:I4])
+            # four statements, not a loop: tensorize rejects a loop in the implementation here
+            a4 = A.vload([I0], "int8x4")
+            C[I0] = C[I0] + T.call_pure_extern("__dp4a", a4, B.vload([I0, I0], "int8x4"), T.int32(0), dtype="int32")
+            C[I1] = C[I1] + T.call_pure_extern("__dp4a", a4, B.vload([I1, I0], "int8x4"), T.int32(0), dtype="int32")
+            C[I2] = C[I2] + T.call_pure_extern("__dp4a", a4, B.vload([I2, I0], "int8x4"), T.int32(0), dtype="int32")
+            C[I3] = C[I3] + T.call_pure_extern("__dp4a", a4, B.vload([I3, I0], "int8x4"), T.int32(0), dtype="int32")
+
+    return impl
+
+
 # family -> packed kernel. Families not listed keep TVM's legalized int8 kernels.
 KERNELS = {
     "x86-vnni": Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd"),
@@ -134,6 +155,8 @@ KERNELS = {
     "arm-dotprod": Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot"),
     "arm-i8mm": Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot"),
     "arm-neon": Int8Kernel(8, 2, "int16", None, "smlal"),
+    # CUDA: one dp4a per (output channel, 4 input channels); lanes = output channels per thread group.
+    "cuda": Int8Kernel(4, 4, "int8", "qcompile_dp4a", "dp4a"),
 }
 
 _IMPLS = {
@@ -141,6 +164,7 @@ _IMPLS = {
     "qcompile_avx512_pmaddwd_16x2": lambda: (_desc(16, 2, "int16"), _pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
     "qcompile_avx2_pmaddwd_8x2": lambda: (_desc(8, 2, "int16"), _pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
     "qcompile_sdot_4x4": lambda: (_desc(4, 4, "int8"), _sdot_impl()),
+    "qcompile_dp4a": lambda: (_desc(4, 4, "int8"), _dp4a_impl()),
 }
 _registered: set[str] = set()
 
