@@ -6,7 +6,8 @@ benchmarks/results/speed.md and benchmarks/results/tuning_curve.png.
 Models: the Fashion-MNIST CNN (models/fashion_mnist) and EfficientNet-Lite0 (ImageNet weights),
 batch 1 and 8. Rows: onnxruntime fp32, onnxruntime int8 (QDQ from quantize_static: per-channel
 int8 weights, int8 activations), qcompile fp32 and int8 untuned (default schedules), qcompile fp32
-and int8 tuned (MetaSchedule; trials per kernel and tuning time stated). Medians over `repeat`
+and int8 tuned, and, on a machine with AVX-512/VNNI, the int8 build for the AVX2-only target (exact
+vpmaddwd kernels) untuned and tuned (MetaSchedule; trials per kernel and tuning time stated). Medians over `repeat`
 runs, and ratios to onnxruntime int8 (> 1: faster than onnxruntime int8).
 The tuning curve: the Fashion-MNIST int8 model tuned in steps (records resume between steps),
 built and timed after each: model latency against trials.
@@ -78,7 +79,7 @@ def _ort_ms(path: Path, x: np.ndarray, repeat: int) -> float:
     return median_ms(lambda: session.run(None, {"image": x}), repeat)
 
 
-def bench(model: Model, batch: int, trials: int, repeat: int, curve: list | None) -> list[dict]:
+def bench(model: Model, batch: int, trials: int, repeat: int, curve: list | None, avx2_too: bool) -> list[dict]:
     x = np.ascontiguousarray(np.repeat(model.sample, batch, axis=0)[:batch])
     shapes = {"image": [batch, *model.shape]}
     calib = model.calib_file(batch)
@@ -86,23 +87,27 @@ def bench(model: Model, batch: int, trials: int, repeat: int, curve: list | None
     rows = [{"name": "onnxruntime fp32", "ms": _ort_ms(model.path, x, repeat)}]
     qdq = ort_quantize(model.path, WORK / f"{model.name}-ort-int8.onnx", model.calib, "image", "percentile", 1)
     rows.append({"name": "onnxruntime int8 (QDQ)", "ms": _ort_ms(qdq, x, repeat)})
-    for label, quantize in (("fp32", None), ("int8", int8)):
+    variants = [("fp32", "host", None), ("int8", "host", int8)]
+    if avx2_too:  # this machine has AVX-512/VNNI; the AVX2-only build is what most x86 CPUs get
+        variants.append(("int8 x86-avx2 build", "x86-avx2", int8))
+    for label, target, quantize in variants:
         kw = {"input_shapes": shapes, "quantize": quantize, "calib": calib if quantize else None}
-        art = qcompile.build(model.path, "host", WORK / f"{model.name}-b{batch}-{label}.so", **kw).artifact
+        slug = label.replace(" ", "-")
+        art = qcompile.build(model.path, target, WORK / f"{model.name}-b{batch}-{slug}.so", **kw).artifact
         rows.append({"name": f"qcompile {label} untuned", "ms": _qcompile_ms(art, x, repeat)})
         if trials == 0:
             continue
-        records = RECORDS / f"{model.name}-b{batch}-{label}"
-        steps = [2, 4, 8, 16, 32, 64] if (curve is not None and quantize) else []
+        records = RECORDS / f"{model.name}-b{batch}-{slug}"
+        steps = [2, 4, 8, 16, 32, 64] if (curve is not None and label == "int8") else []
         steps = [s for s in steps if s < trials] + [trials]
         tuned_s = 0.0
         for step in steps:
-            result = tune(model.path, "host", records, step, progress=False, **kw)
+            result = tune(model.path, target, records, step, progress=False, **kw)
             tuned_s += result.seconds
-            tuned = qcompile.build(model.path, "host", WORK / f"{model.name}-b{batch}-{label}-t.so", records=records, **kw)
+            tuned = qcompile.build(model.path, target, WORK / f"{model.name}-b{batch}-{slug}-t.so", records=records, **kw)
             ms = _qcompile_ms(tuned.artifact, x, repeat)
             total = sum(t.trials for t in result.tasks)
-            if curve is not None and quantize:
+            if curve is not None and label == "int8":
                 curve.append((total, ms, tuned_s))
         bad = [t.name for t in result.tasks if t.verified is False]
         rows.append({"name": f"qcompile {label} tuned", "ms": ms,
@@ -163,7 +168,8 @@ def main() -> None:
             else:
                 trials = args.en_trials if batch == 1 else 0
             print(f"{model.name} batch {batch} ...", flush=True)
-            rows = bench(model, batch, trials, args.repeat, curve if (model.name == "fashion-cnn" and batch == 1) else None)
+            rows = bench(model, batch, trials, args.repeat, curve if (model.name == "fashion-cnn" and batch == 1) else None,
+                         avx2_too=detect_host()["family"] != "x86-avx2")
             sections.append((model, batch, rows))
             if model.name == "fashion-cnn" and batch == 1 and curve:
                 plot_curve(curve, RESULTS / "tuning_curve.png", rows[1]["ms"],

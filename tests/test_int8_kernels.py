@@ -1,0 +1,113 @@
+"""The packed int8 kernels of every schedule family: the dot-product instruction is in the
+generated code, and the kernel computes exactly what a convolution in int64 computes (run here
+when this CPU has the instructions; the aarch64 kernels run under qemu in test_quantize_models)."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from conftest import requires
+from tvm import te
+
+from qcompile.targets import _cpu_flags, get_target
+from schedules.int8_packed import pack_depthwise_weight, pack_weight, packed_conv_te, packed_depthwise_te
+from schedules.int8_schedule import Int8Packed
+from schedules.intrinsics import KERNELS
+
+TARGETS = {  # family -> (LLVM target fields, the CPU flags needed to run it here)
+    "x86-vnni": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"]},
+                 {"avx512_vnni", "avx512bw"}),
+    "x86-avx512": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma", "+avx512f", "+avx512bw", "+avx512vl"]},
+                   {"avx512bw"}),
+    "x86-avx2": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma"]}, {"avx2"}),
+    "arm-dotprod": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}, None),
+    "arm-neon": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, None),
+}
+
+
+def _i64(*dims):
+    return tuple(tvm.tirx.IntImm("int64", d) for d in dims)
+
+
+def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1):
+    kernel = KERNELS[family]
+    c, oc, hw = (24, 24, 14) if depthwise else (20, 40, 9)  # channels that fill no whole tile
+    x = te.placeholder(_i64(1, c, hw, hw), input_dtype, "x")
+    conv = {"strides": [stride, stride], "padding": [1, 1, 1, 1], "dilation": [1, 1]}
+    rng = np.random.default_rng(0)
+    lo, hi = (-128, 128) if input_dtype == "int8" else (0, 256)
+    xv = rng.integers(lo, hi, (1, c, hw, hw)).astype(input_dtype)
+    if depthwise:
+        wv = rng.integers(-127, 128, (c, 1, 3, 3)).astype(np.int8)
+        wp = pack_depthwise_weight(wv, kernel.lanes)
+        w = te.placeholder(_i64(*wp.shape), "int8", "w")
+        out = packed_depthwise_te(x, w, **conv)
+        args, tensors = [x, w, out], [xv, wp]
+    else:
+        wv = rng.integers(-127, 128, (oc, c, 3, 3)).astype(np.int8)
+        wp = pack_weight(wv, kernel)
+        shift = kernel.shift(input_dtype)
+        corr = (shift * wv.astype(np.int64).reshape(oc, -1).sum(1)).astype(np.int32)
+        w, cr = te.placeholder(_i64(*wp.shape), "int8", "w"), te.placeholder(_i64(oc), "int32", "corr")
+        out = packed_conv_te(x, w, cr, out_channels=oc, kernel=kernel, shift=shift, **conv)
+        args, tensors = [x, w, cr, out], [xv, wp, corr]
+    ref = torch.nn.functional.conv2d(torch.tensor(xv.astype(np.float64)), torch.tensor(wv.astype(np.float64)),
+                                     stride=stride, padding=1, groups=c if depthwise else 1).numpy()
+    target = tvm.target.Target({"kind": "llvm", **TARGETS[family][0]})
+    sch = Int8Packed(kernel).apply(te.create_prim_func(args), target, False)
+    assert sch is not None
+    return tvm.compile(sch.mod, target=target), tensors, ref
+
+
+@pytest.mark.parametrize("family", list(TARGETS))
+@pytest.mark.parametrize("input_dtype", ["int8", "uint8"])
+def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input_dtype):
+    lib, tensors, ref = _conv_kernel(family, input_dtype)
+    asm = lib.mod.inspect_source("asm")
+    assert KERNELS[family].instruction in asm
+    needs = TARGETS[family][1]
+    if needs is None or not needs <= _cpu_flags():
+        return  # compiled and checked above; aarch64 runs under qemu in test_quantize_models
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_packed_depthwise_is_exact(stride):
+    lib, tensors, ref = _conv_kernel("x86-avx2", depthwise=True, stride=stride)
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_vnni_build_of_a_real_cnn_holds_vpdpbusd():
+    """A whole int8 model for the VNNI target: the .so's code holds vpdpbusd (runnable or not here)."""
+    from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+    from qcompile.pipeline import compile_module, prepare
+
+    x, _ = fashion_mnist("t10k")
+    p = prepare(fashion_mnist_cnn_onnx(), "x86-avx512-vnni", {"image": [1, 1, 28, 28]}, {"progress": False},
+                [{"image": x[i:i + 1]} for i in range(4)])
+    ex = compile_module(p.mod, p.spec)
+    asm = "".join(m.inspect_source("asm") for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "llvm"))
+    assert asm.count("vpdpbusd") >= 5  # every convolution
+
+
+@requires("nvcc")
+def test_cuda_int8_kernels_use_dp4a():
+    from tvm.support import nvcc
+
+    from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+    from qcompile.pipeline import compile_module, prepare
+
+    x, _ = fashion_mnist("t10k")
+    p = prepare(fashion_mnist_cnn_onnx(), "cuda-sm80", {"image": [1, 1, 28, 28]}, {"progress": False},
+                [{"image": x[i:i + 1]} for i in range(4)])
+    ex = compile_module(p.mod, p.spec)
+    src = "".join(m.inspect_source() for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "cuda"))
+    assert src.count("__dp4a") >= 5
+    with p.spec.tvm_target():
+        ptx = nvcc.compile_cuda(src, target_format="ptx", arch="sm_80", compiler="nvcc").decode()
+    assert "dp4a.s32.s32" in ptx
+    assert get_target("cuda-sm80").schedule_family == "cuda"
