@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aarch64_guest import rpc_server_command
+from conftest import requires
 from test_cli import assert_one_line_error, qc
 
 import qcompile
@@ -102,9 +104,9 @@ def test_tuning_a_foreign_target_without_a_device_says_how(tmp_path, small_cnn_p
 
 # --- RPC tracker on loopback -------------------------------------------------------------------
 
-def _spawn(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def _spawn(*args, command=None, env=None) -> subprocess.Popen:
+    return subprocess.Popen(command or [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def _free(port: int, key: str) -> int:
@@ -122,7 +124,11 @@ def tracker():
     proc = _spawn("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
     servers = []
 
-    def server(key):
+    def server(key, aarch64=False):
+        if aarch64:
+            command, env = rpc_server_command(port, key, port + 200 + 20 * len(servers))
+            servers.append(_spawn(command=command, env=env))
+            return servers[-1]
         servers.append(_spawn("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port + 100 + 10 * len(servers)),
                               "--port-end", str(port + 109 + 10 * len(servers)), "--tracker", f"127.0.0.1:{port}",
                               "--key", key))
@@ -135,8 +141,8 @@ def tracker():
             p.wait()
 
 
-def _wait_free(port, key, n):
-    deadline = time.time() + 60
+def _wait_free(port, key, n, seconds=60):
+    deadline = time.time() + seconds
     while _free(port, key) < n and time.time() < deadline:
         time.sleep(0.3)
     assert _free(port, key) >= n
@@ -175,3 +181,23 @@ def test_rpc_tuning_without_a_device_is_one_clear_line(tmp_path, small_cnn_path,
     proc = qc("tune", small_cnn_path, "--records", tmp_path / "db", *SHAPE,
               "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "nobody")
     assert_one_line_error(proc, "nobody", f"127.0.0.1:{port}")
+
+
+@requires("qemu-aarch64")
+def test_rpc_tuning_on_an_aarch64_device_under_qemu(tmp_path, small_cnn_path, tracker, calib):
+    """The rpi5 target tuned on an aarch64 TVM RPC server (qemu-aarch64 on loopback): kernels are
+    cross-compiled here, measured and verified there, and the records build the rpi5 artifact."""
+    port, server = tracker
+    server("rpi5", aarch64=True)
+    _wait_free(port, "rpi5", 1, seconds=180)  # TVM imports in about 15 s under qemu
+    records = tmp_path / "db"
+    proc = qc("tune", small_cnn_path, "--target", "rpi5", "--trials", "2", "--records", records, *SHAPE,
+              "--quantize", "int8", "--calib", calib, "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi5",
+              "--rpc-timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    verdicts = json.loads((records / VERIFIED).read_text())
+    assert verdicts and all(v["ok"] for v in verdicts.values())
+    assert any("int8" in v["task"] for v in verdicts.values())
+    built = qc("build", small_cnn_path, "--target", "rpi5", "-o", tmp_path / "m.so", "--records", records, *SHAPE,
+               "--quantize", "int8", "--calib", calib)
+    assert built.returncode == 0, built.stderr
