@@ -13,6 +13,22 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 
 INNER_MAX = 64  # elements of the innermost loop kept together (LLVM vectorizes and unrolls them)
+# Below this many loop iterations a kernel runs on one thread: waking the pool costs more (measured:
+# a 96-element requantize took 46 us in parallel).
+PARALLEL_MIN_WORK = 1 << 15
+
+
+def loop_work(sch, block) -> int:
+    """Iterations of the block's loop nest (1 for loops of unknown extent)."""
+    work = 1
+    for loop in sch.get_loops(block):
+        work *= _extent(sch, loop) or 1
+    return work
+
+
+def parallel_if_worth_it(sch, loop, work: int) -> None:
+    if work >= PARALLEL_MIN_WORK:
+        sch.parallel(loop)
 
 
 def _extent(sch, loop) -> int | None:
@@ -94,6 +110,7 @@ class CPUDefault(ScheduleRule):
         n_spatial = len(kinds) - len(kinds.lstrip("S"))
         if "S" in kinds[n_spatial:]:
             return None
+        work = loop_work(sch, block)
         spatial, reduce = list(loops[:n_spatial]), list(loops[n_spatial:])
         inner_extent = _extent(sch, spatial[-1])
         if inner_extent is None:
@@ -110,7 +127,7 @@ class CPUDefault(ScheduleRule):
         inner_loops = [reuse_tile, inner] if reuse_tile is not None else [inner]
         sch.reorder(*spatial[:-1], outer, *reduce, *inner_loops)
         fused = sch.fuse(*spatial[:-1], outer)
-        sch.parallel(fused)
+        parallel_if_worth_it(sch, fused, work)
         if reuse_tile is not None:
             sch.unroll(reuse_tile)
         if reduce and factor <= INNER_MAX:
@@ -125,5 +142,5 @@ class CPUDefault(ScheduleRule):
         for info in infos[:main_index]:  # producers: parallel over their outer loop
             producer_loops = sch.get_loops(info.block_rv)
             if producer_loops:
-                sch.parallel(producer_loops[0])
+                parallel_if_worth_it(sch, producer_loops[0], loop_work(sch, info.block_rv))
         return sch

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
+from .cpu_default import loop_work, parallel_if_worth_it
 from .int8_packed import RULE
 from .intrinsics import KERNELS, Int8Kernel, register
 
@@ -31,6 +32,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     """Tile, register-block and tensorize the dot block. `tile=None` samples the row tile: a
     decision MetaSchedule tunes (and mutates)."""
     sch.unannotate(dot, "schedule_rule")  # tensorize compares annotations with the intrinsic's
+    work = loop_work(sch, dot)
     n, oh, ow, oco, lane, *reduce = sch.get_loops(dot)
     depthwise = len(reduce) == 2  # kh, kw; a convolution also has c_outer, k
     if tile is None:
@@ -41,7 +43,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     outer_reduce, inner_reduce = (reduce, []) if depthwise else (reduce[:3], reduce[3:])
     sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, lane, *inner_reduce)
     outer = sch.fuse(n, oh, ow_outer)
-    sch.parallel(outer)
+    parallel_if_worth_it(sch, outer, work)
     acc = sch.cache_write(dot, 0, "local")
     sch.reverse_compute_at(acc, oco, preserve_unit_loops=True)  # a stable loop count for replayed traces
     sch.vectorize(sch.get_loops(acc)[-1])
@@ -59,11 +61,12 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
 
 
 def _parallel_outer(sch, block) -> None:
+    work = loop_work(sch, block)
     loops = sch.get_loops(block)
     if len(loops) >= 2:
-        sch.parallel(sch.fuse(loops[0], loops[1]))
+        parallel_if_worth_it(sch, sch.fuse(loops[0], loops[1]), work)
     elif loops:
-        sch.parallel(loops[0])
+        parallel_if_worth_it(sch, loops[0], work)
 
 
 def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
