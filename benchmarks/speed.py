@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import datasets as D  # noqa: E402
 from accuracy import ort_quantize  # noqa: E402
+from float_baseline import median_ms  # noqa: E402
 
 import qcompile  # noqa: E402
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx  # noqa: E402
@@ -39,17 +39,6 @@ from qcompile.tune import tune  # noqa: E402
 RESULTS = HERE / "results"
 RECORDS = HERE / "records"
 WORK = HERE / "work"
-
-
-def median_ms(fn, repeat: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 class Model:

@@ -197,7 +197,6 @@ def _random_args(func, rng) -> list[np.ndarray]:
 
 def _verify(task_mod, record, target, device) -> float:
     """Max |difference| between the tuned kernel and the unscheduled one on random inputs."""
-    import tvm
     from tvm import s_tir
 
     sch = s_tir.Schedule(task_mod)

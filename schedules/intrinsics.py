@@ -55,24 +55,27 @@ def _desc(lanes: int, kpack: int, a_dtype: str):
     return desc
 
 
-def _vnni_impl():
-    """x86 AVX-512 VNNI: vpdpbusd (u8 x s8, four products summed into each int32 lane)."""
+def _broadcast_dot_impl(lanes: int, a_dtype: str, llvm_intrin: str):
+    """One instruction that sums four products into each int32 lane: the four activations are
+    broadcast to every lane, each lane reads its four weights (x86 VNNI vpdpbusd: u8 x s8; ARM
+    sdot: s8 x s8)."""
+    IL, n = T.int64(lanes), 4 * lanes
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (I4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (I16, I4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (I16,), "int32", offset_factor=1, scope="local")
+        A = T.match_buffer(a, (I4,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (IL, I4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[I0:I16], A[I0:I4], B[I0:I16, I0:I4])
-            T.writes(C[I0:I16])
-            a4 = T.reinterpret(A.vload([I0], "uint8x4"), dtype="int32")
-            C[T.ramp(I0, T.int64(1), 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([I0], "int32x16"),
-                T.reinterpret(T.broadcast(a4, 16), dtype="int8x64"),
-                B.vload([I0, I0], "int8x64"),
-                dtype="int32x16",
+            T.reads(C[I0:IL], A[I0:I4], B[I0:IL, I0:I4])
+            T.writes(C[I0:IL])
+            a4 = T.reinterpret(A.vload([I0], f"{a_dtype}x4"), dtype="int32")
+            C[T.ramp(I0, T.int64(1), lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_intrin),
+                C.vload([I0], f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a4, lanes), dtype=f"int8x{n}"),
+                B.vload([I0, I0], f"int8x{n}"),
+                dtype=f"int32x{lanes}",
             )
 
     return impl
@@ -98,29 +101,6 @@ def _pmaddwd_impl(lanes: int, llvm_intrin: str):
                 T.reinterpret(T.broadcast(a2, lanes), dtype=a_vec),
                 T.Cast(a_vec, B.vload([I0, I0], b_vec)),
                 dtype=c_vec,
-            )
-
-    return impl
-
-
-def _sdot_impl():
-    """ARM dot-product extension: sdot (s8 x s8, four products summed into each int32 lane)."""
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (I4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (I4, I4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (I4,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[I0:I4], A[I0:I4], B[I0:I4, I0:I4])
-            T.writes(C[I0:I4])
-            a4 = T.reinterpret(A.vload([I0], "int8x4"), dtype="int32")
-            C[T.ramp(I0, T.int64(1), 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([I0], "int32x4"),
-                T.reinterpret(T.broadcast(a4, 4), dtype="int8x16"),
-                B.vload([I0, I0], "int8x16"),
-                dtype="int32x4",
             )
 
     return impl
@@ -160,10 +140,10 @@ KERNELS = {
 }
 
 _IMPLS = {
-    "qcompile_vnni_16x4": lambda: (_desc(16, 4, "uint8"), _vnni_impl()),
+    "qcompile_vnni_16x4": lambda: (_desc(16, 4, "uint8"), _broadcast_dot_impl(16, "uint8", "llvm.x86.avx512.vpdpbusd.512")),
     "qcompile_avx512_pmaddwd_16x2": lambda: (_desc(16, 2, "int16"), _pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
     "qcompile_avx2_pmaddwd_8x2": lambda: (_desc(8, 2, "int16"), _pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
-    "qcompile_sdot_4x4": lambda: (_desc(4, 4, "int8"), _sdot_impl()),
+    "qcompile_sdot_4x4": lambda: (_desc(4, 4, "int8"), _broadcast_dot_impl(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")),
     "qcompile_dp4a": lambda: (_desc(4, 4, "int8"), _dp4a_impl()),
 }
 _registered: set[str] = set()
