@@ -40,7 +40,7 @@ class Int8PackedGPU(ScheduleRule):
         index = [sch.get(b).name_hint for b in blocks].index(sch.get(dot).name_hint)
         for block in blocks[index + 1:-1]:
             sch.compute_inline(block)
-        n, oh, ow, oco, lane, *reduce = sch.get_loops(dot)
+        n, oh, oco, ow, lane, *reduce = sch.get_loops(dot)
         # Rows to blocks, pixels to threads, no split: tensorize fails (an int32 IterVar over
         # int64 loops) on bindings of a split fused loop.
         bx, tx = sch.fuse(n, oh), ow

@@ -76,14 +76,14 @@ def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     rco, rki = te.reduce_axis((_i64(0), _i64(co)), "co"), te.reduce_axis((_i64(0), _i64(KP)), "ki")
     acc = te.compute(
-        tuple(map(_i64, (n, oh, ow, oco, L))),
-        lambda i, y, z, o, l: te.sum(
+        tuple(map(_i64, (n, oh, oco, ow, L))),
+        lambda i, y, o, z, l: te.sum(
             xp[i, y * sh + rkh * dh, z * sw + rkw * dw, rco * KP + rki].astype("int32")
             * wp[o, rkh, rkw, rco, l, rki].astype("int32"),
             axis=[rkh, rkw, rco, rki]),
         name="int8_dot", attrs={"schedule_rule": RULE})
     return te.compute(tuple(map(_i64, (n, out_channels, oh, ow))),
-                      lambda i, o, y, z: acc[i, y, z, o // L, o % L] - corr[o], name="unpack")
+                      lambda i, o, y, z: acc[i, y, o // L, z, o % L] - corr[o], name="unpack")
 
 
 def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
@@ -106,12 +106,12 @@ def packed_depthwise_te(x, wp, *, strides, padding, dilation):
     xp = _pack_input(x, cb * L, padding, "int16", 0)
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     acc = te.compute(
-        tuple(map(_i64, (n, oh, ow, cb, L))),
-        lambda i, y, z, o, l: te.sum(
+        tuple(map(_i64, (n, oh, cb, ow, L))),
+        lambda i, y, o, z, l: te.sum(
             xp[i, y * sh + rkh * dh, z * sw + rkw * dw, o * L + l].astype("int32") * wp[o, rkh, rkw, l].astype("int32"),
             axis=[rkh, rkw]),
         name="int8_dot", attrs={"schedule_rule": RULE})
-    return te.compute(tuple(map(_i64, (n, c, oh, ow))), lambda i, o, y, z: acc[i, y, z, o // L, o % L], name="unpack")
+    return te.compute(tuple(map(_i64, (n, c, oh, ow))), lambda i, o, y, z: acc[i, y, o // L, z, o % L], name="unpack")
 
 
 def _conv_args(call) -> dict | None:
@@ -136,6 +136,9 @@ def _eligible(call) -> bool:
 
 
 def _emit_packed(bb, x, weight_oihw: np.ndarray, conv: dict, kernel: Int8Kernel, name: str):
+    width = int(x.ty.shape.values[3])
+    kernel = kernel.for_layer(_out_size(width, conv["padding"][1] + conv["padding"][3], weight_oihw.shape[3],
+                                        conv["strides"][1], conv["dilation"][1]), conv["strides"][1])
     shift = kernel.shift(tensor_dtype(x))
     wp = pack_weight(weight_oihw, kernel)
     corr = (shift * weight_oihw.astype(np.int64).reshape(weight_oihw.shape[0], -1).sum(1)).astype(np.int32)

@@ -1,7 +1,7 @@
 """Schedule of the packed int8 kernel (schedules/int8_packed.py), one function for both paths:
 the default schedule (fixed tile) and MetaSchedule (the tile is a sampled, tunable decision).
 
-Dot block loops: n, oh, ow, oc_outer, lane | kh, kw, c_outer, k. The output row is split into
+Dot block loops: n, oh, oc_outer, ow, lane | kh, kw, c_outer, k. The output row is split into
 `tile` pixels whose int32 accumulators (tile x lanes) stay in registers while the weight tile of
 (kh, kw, c_outer) is reused across them; (lane, k) is one dot-product instruction."""
 
@@ -10,15 +10,16 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from .cpu_default import loop_work, parallel_if_worth_it
+from .cpu_default import _extent, loop_work, parallel_if_worth_it
 from .int8_packed import RULE
 from .intrinsics import KERNELS, Int8Kernel, register
 
 MAX_TILE = 8  # pixels per register block: 8 accumulators of one vector each
 
 
-def default_tile(width: int) -> int:
-    return max(t for t in range(1, MAX_TILE + 1) if width % t == 0)
+def default_tile(width: int, pixels: int = 1) -> int:
+    """The register tile: the largest divisor of the row that is a multiple of `pixels`, up to MAX_TILE."""
+    return max(t for t in range(pixels, MAX_TILE + 1, pixels) if width % t == 0)
 
 
 def find_dot_block(sch):
@@ -33,15 +34,22 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     decision MetaSchedule tunes (and mutates)."""
     sch.unannotate(dot, "schedule_rule")  # tensorize compares annotations with the intrinsic's
     work = loop_work(sch, dot)
-    n, oh, ow, oco, lane, *reduce = sch.get_loops(dot)
+    n, oh, oco, ow, lane, *reduce = sch.get_loops(dot)
     depthwise = len(reduce) == 2  # kh, kw; a convolution also has c_outer, k
+    if not depthwise:
+        kernel = kernel.for_tile(_extent(sch, lane), _extent(sch, reduce[3]))
+    pixels = 1 if depthwise else kernel.pixels
+    pixel_loops = []
+    if pixels > 1:  # the instruction's own pixels innermost, the register tile over pairs of pixels
+        ow, ow_pixels = sch.split(ow, [None, pixels])
+        pixel_loops = [ow_pixels]
     if tile is None:
-        factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_TILE)
+        factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_TILE // pixels)
     else:
-        factors = [None, tile]
+        factors = [None, tile // pixels]
     ow_outer, ow_inner = sch.split(ow, factors)
     outer_reduce, inner_reduce = (reduce, []) if depthwise else (reduce[:3], reduce[3:])
-    sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, lane, *inner_reduce)
+    sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, *pixel_loops, lane, *inner_reduce)
     outer = sch.fuse(n, oh, ow_outer)
     parallel_if_worth_it(sch, outer, work)
     acc = sch.cache_write(dot, 0, "local")
@@ -52,7 +60,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     # Without an intrinsic the lane loop stays a plain innermost loop over contiguous data, which
     # LLVM vectorizes itself (TVM refuses vectorize on a spatial loop inside a reduction block).
     if not depthwise and kernel.intrin is not None:
-        sch.tensorize(lane, register(kernel.intrin))
+        sch.tensorize(pixel_loops[0] if pixel_loops else lane, register(kernel.intrin))
     elif not depthwise:
         sch.reorder(inner_reduce[0], lane)
         sch.unroll(inner_reduce[0])
@@ -105,8 +113,10 @@ class Int8Packed(ScheduleRule):
         dot = find_dot_block(sch)
         if dot is None:
             return None
-        width = int(sch.get(sch.get_loops(dot)[2]).extent)
-        return schedule_kernel(sch, dot, self.kernel, default_tile(width))
+        loops = sch.get_loops(dot)
+        width = _extent(sch, loops[3])
+        pixels = 1 if len(loops) == 7 else self.kernel.for_tile(_extent(sch, loops[4]), _extent(sch, loops[-1])).pixels
+        return schedule_kernel(sch, dot, self.kernel, default_tile(width, pixels))
 
 
 def tuning_space(family: str):

@@ -26,6 +26,20 @@ class Int8Kernel:
     act_dtype: str  # uint8 (x86 VNNI), int8 (ARM sdot), int16 (exact pmaddwd / NEON widening)
     intrin: str | None  # None: LLVM vectorizes the packed loops on its own
     instruction: str  # what to look for in the assembly
+    pixels: int = 1  # output pixels per instruction (2 for a matrix-multiply instruction)
+    fallback: "Int8Kernel | None" = None  # for layers whose output width is not a multiple of `pixels`
+
+    def for_layer(self, width: int, stride: int) -> "Int8Kernel":
+        """This kernel, or its fallback where the instruction's pixels are not adjacent in a row."""
+        if self.pixels == 1 or self.fallback is None or (width % self.pixels == 0 and stride == 1):
+            return self
+        return self.fallback
+
+    def for_tile(self, lanes: int, kpack: int) -> "Int8Kernel":
+        """The kernel (this one or its fallback) whose packing a scheduled function has."""
+        if (lanes, kpack) == (self.lanes, self.kpack) or self.fallback is None:
+            return self
+        return self.fallback
 
     def shift(self, input_dtype: str) -> int:
         """Added to every activation so it fits `act_dtype` (and subtracted back through the bias)."""
@@ -106,6 +120,49 @@ def _pmaddwd_impl(lanes: int, llvm_intrin: str):
     return impl
 
 
+def _mmla_desc():
+    """C[2 pixels, 2 channels] += A[2 pixels, 8 channels] . B[2 channels, 8 channels]^T; the two
+    pixels' channels are a row stride apart in the channels-last input."""
+    two, eight = T.int64(2), T.int64(8)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        s0 = T.int64()
+        A = T.match_buffer(a, (two, eight), "int8", strides=[s0, I1], offset_factor=1)
+        B = T.match_buffer(b, (two, eight), "int8", offset_factor=1)
+        C = T.match_buffer(c, (two, two), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I0:two, I0:two], A[I0:two, I0:eight], B[I0:two, I0:eight])
+            T.writes(C[I0:two, I0:two])
+            for i, j, k in T.grid(two, two, eight):
+                with T.sblock("update"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vk], "int32") * T.cast(B[vj, vk], "int32")
+
+    return desc
+
+
+def _smmla_impl():
+    """ARM i8mm: smmla, a 2x8 by 8x2 int8 matrix product into a 2x2 int32 tile."""
+    two, eight = T.int64(2), T.int64(8)
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        s0 = T.int64()
+        A = T.match_buffer(a, (two, eight), "int8", strides=[s0, I1], offset_factor=1)
+        B = T.match_buffer(b, (two, eight), "int8", offset_factor=1)
+        C = T.match_buffer(c, (two, two), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I0:two, I0:two], A[I0:two, I0:eight], B[I0:two, I0:eight])
+            T.writes(C[I0:two, I0:two])
+            rows = T.Shuffle([A.vload([I0, I0], "int8x8"), A.vload([I1, I0], "int8x8")], list(range(16)))
+            C[I0, T.ramp(I0, I1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smmla.v4i32.v16i8"),
+                C.vload([I0, I0], "int32x4"), rows, B.vload([I0, I0], "int8x16"), dtype="int32x4")
+
+    return impl
+
+
 def _dp4a_impl():
     """CUDA dp4a (sm_61+): four s8 x s8 products summed into one int32; one per output lane."""
 
@@ -133,7 +190,9 @@ KERNELS = {
     "x86-avx512": Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"),
     "x86-avx2": Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"),
     "arm-dotprod": Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot"),
-    "arm-i8mm": Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot"),
+    # smmla: 2 pixels x 2 output channels x 8 input channels; sdot where the width is odd
+    "arm-i8mm": Int8Kernel(2, 8, "int8", "qcompile_smmla_2x2x8", "smmla", pixels=2,
+                           fallback=Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot")),
     "arm-neon": Int8Kernel(8, 2, "int16", None, "smlal"),
     # CUDA: one dp4a per (output channel, 4 input channels); lanes = output channels per thread group.
     "cuda": Int8Kernel(4, 4, "int8", "qcompile_dp4a", "dp4a"),
@@ -145,6 +204,7 @@ _IMPLS = {
     "qcompile_avx2_pmaddwd_8x2": lambda: (_desc(8, 2, "int16"), _pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
     "qcompile_sdot_4x4": lambda: (_desc(4, 4, "int8"), _broadcast_dot_impl(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")),
     "qcompile_dp4a": lambda: (_desc(4, 4, "int8"), _dp4a_impl()),
+    "qcompile_smmla_2x2x8": lambda: (_mmla_desc(), _smmla_impl()),
 }
 _registered: set[str] = set()
 

@@ -22,6 +22,7 @@ TARGETS = {  # family -> (LLVM target fields, the CPU flags needed to run it her
     "x86-avx2": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma"]}, {"avx2"}),
     "arm-dotprod": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}, None),
     "arm-neon": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, None),
+    "arm-i8mm": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]}, None),
 }
 
 
@@ -29,9 +30,9 @@ def _i64(*dims):
     return tuple(tvm.tirx.IntImm("int64", d) for d in dims)
 
 
-def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1):
-    kernel = KERNELS[family]
-    c, oc, hw = (24, 24, 14) if depthwise else (20, 40, 9)  # channels that fill no whole tile
+def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None):
+    c, oc, hw = (24, 24, hw or 14) if depthwise else (20, 40, hw or 10)  # channels that fill no whole tile
+    kernel = KERNELS[family].for_layer((hw - 1) // stride + 1, stride)
     x = te.placeholder(_i64(1, c, hw, hw), input_dtype, "x")
     conv = {"strides": [stride, stride], "padding": [1, 1, 1, 1], "dilation": [1, 1]}
     rng = np.random.default_rng(0)
@@ -56,15 +57,16 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1):
     target = tvm.target.Target({"kind": "llvm", **TARGETS[family][0]})
     sch = Int8Packed(kernel).apply(te.create_prim_func(args), target, False)
     assert sch is not None
-    return tvm.compile(sch.mod, target=target), tensors, ref
+    return tvm.compile(sch.mod, target=target), tensors, ref, kernel
 
 
 @pytest.mark.parametrize("family", list(TARGETS))
 @pytest.mark.parametrize("input_dtype", ["int8", "uint8"])
 def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input_dtype):
-    lib, tensors, ref = _conv_kernel(family, input_dtype)
+    lib, tensors, ref, kernel = _conv_kernel(family, input_dtype)
     asm = lib.mod.inspect_source("asm")
-    assert KERNELS[family].instruction in asm
+    assert kernel.instruction == KERNELS[family].instruction  # an even output width: the family's own
+    assert kernel.instruction in asm
     needs = TARGETS[family][1]
     if needs is None or not needs <= _cpu_flags():
         return  # compiled and checked above; aarch64 runs under qemu in test_quantize_models
@@ -75,23 +77,31 @@ def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_packed_depthwise_is_exact(stride):
-    lib, tensors, ref = _conv_kernel("x86-avx2", depthwise=True, stride=stride)
+    lib, tensors, ref, _ = _conv_kernel("x86-avx2", depthwise=True, stride=stride)
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
-def test_vnni_build_of_a_real_cnn_holds_vpdpbusd():
-    """A whole int8 model for the VNNI target: the .so's code holds vpdpbusd (runnable or not here)."""
+def test_i8mm_falls_back_to_sdot_on_odd_widths():
+    lib, _, _, kernel = _conv_kernel("arm-i8mm", hw=9)
+    assert kernel.instruction == "sdot" and "sdot" in lib.mod.inspect_source("asm")
+
+
+@pytest.mark.parametrize("target, instruction, at_least", [
+    ("x86-avx512-vnni", "vpdpbusd", 5), ("x86-avx2", "vpmaddwd", 5), ("rpi5", "sdot", 5), ("graviton3", "smmla", 3)])
+def test_a_real_cnn_built_for_the_target_holds_its_instruction(target, instruction, at_least):
+    """The Fashion-MNIST CNN in int8 for each target: its code holds the family's instruction
+    (graviton3: smmla where the row width is even, sdot on the 7-wide rows)."""
     from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
     from qcompile.pipeline import compile_module, prepare
 
     x, _ = fashion_mnist("t10k")
-    p = prepare(fashion_mnist_cnn_onnx(), "x86-avx512-vnni", {"image": [1, 1, 28, 28]}, {"progress": False},
+    p = prepare(fashion_mnist_cnn_onnx(), target, {"image": [1, 1, 28, 28]}, {"progress": False},
                 [{"image": x[i:i + 1]} for i in range(4)])
     ex = compile_module(p.mod, p.spec)
     asm = "".join(m.inspect_source("asm") for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "llvm"))
-    assert asm.count("vpdpbusd") >= 5  # every convolution
+    assert asm.count(instruction) >= at_least
 
 
 @requires("nvcc")

@@ -232,12 +232,13 @@ def test_cli_quantization_errors_are_one_line(tmp_path, extra, fragments):
 
 
 @requires("qemu-aarch64")
-def test_int8_artifact_for_rpi5_runs_under_qemu_like_the_host(tmp_path, calib_npz, data):
+@pytest.mark.parametrize("board", ["rpi5", "rpi4", "graviton3"])  # sdot; NEON smlal; smmla (+ sdot on odd widths)
+def test_int8_artifact_for_arm_runs_under_qemu_like_the_host(tmp_path, calib_npz, data, board):
     x = data["x"][:BATCH]
     outs = {}
-    for target in ("host", "rpi5"):
+    for target in ("host", board):
         built = _build(tmp_path, target, target=target, quantize={"progress": False}, calib=calib_npz)
         assert built.metadata["layers"][0]["input_dtype"] == "int8"
         outs[target] = qcompile.run(built.artifact, {"image": x}).outputs["logits"]
-    np.testing.assert_allclose(outs["rpi5"], outs["host"], atol=1e-5)
-    assert (outs["rpi5"].argmax(1) == outs["host"].argmax(1)).all()
+    np.testing.assert_allclose(outs[board], outs["host"], atol=1e-5)
+    assert (outs[board].argmax(1) == outs["host"].argmax(1)).all()
