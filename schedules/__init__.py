@@ -20,10 +20,10 @@ def schedule_passes(family: str, target) -> list:
     if family == "cuda":
         from tvm.s_tir.dlight import gpu
 
-        from .cuda_int8 import Int8PackedGPU
+        from .cuda_int8 import Int8PackedGPU, Int8TensorCoreMatmul
         from .intrinsics import KERNELS
 
-        return [ApplyDefaultSchedule(Int8PackedGPU(KERNELS[family]), gpu.Matmul(), gpu.GEMV(), gpu.Reduction(),
+        return [ApplyDefaultSchedule(Int8PackedGPU(KERNELS[family]), Int8TensorCoreMatmul(), gpu.Matmul(), gpu.GEMV(), gpu.Reduction(),
                                      gpu.GeneralReduction(), gpu.Fallback())]
 
     from .cpu_default import CPUDefault

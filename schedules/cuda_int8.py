@@ -55,3 +55,46 @@ class Int8PackedGPU(ScheduleRule):
         for block in blocks[:index] + [blocks[-1]]:
             _bind_flat(sch, block)
         return sch
+
+
+class Int8TensorCoreMatmul(ScheduleRule):
+    """int8 x int8 -> int32 matmuls with every dimension over 64 on int8 tensor cores (WMMA), by
+    dlight's rule without its software-pipelining annotations: with them 0.27's CUDA codegen fails
+    ("fragment_info" check) on s8 fragments."""
+
+    MIN_DIM = 64  # dlight's own threshold for tensorizing
+
+    def is_target_available(self, target) -> bool:
+        return target.kind.name == "cuda"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not _is_large_int8_matmul(func):
+            return None
+        from tvm.s_tir.dlight.gpu.matmul import MatmulInt8Tensorization
+
+        sch = MatmulInt8Tensorization().apply(func, target, tunable)
+        if sch is None:
+            return None
+        stack = [sch.get_sblock("root")]
+        while stack:
+            block = stack.pop()
+            stack += list(sch.get_child_blocks(block))
+            for loop in sch.get_loops(block):
+                for key in [k for k in sch.get(loop).annotations.keys() if k.startswith("software_pipeline")]:
+                    sch.unannotate(loop, key)
+        return sch
+
+
+def _is_large_int8_matmul(func) -> bool:
+    """A reduction block reading two int8 buffers into int32, every loop over MIN_DIM."""
+    sch = s_tir.Schedule(func)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        stmt = sch.get(block)
+        kinds = {int(iv.iter_type) for iv in stmt.iter_vars}
+        if 2 not in kinds:  # no reduction axis
+            continue
+        reads = [r.source.dtype for r in stmt.reads]
+        extents = [iv.dom.extent for iv in stmt.iter_vars]
+        return (str(stmt.writes[0].source.dtype) == "int32" and [str(d) for d in reads].count("int8") >= 2
+                and all(isinstance(e, tirx.IntImm) and int(e) > Int8TensorCoreMatmul.MIN_DIM for e in extents[-3:]))
+    return False

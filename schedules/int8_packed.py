@@ -161,6 +161,8 @@ def _rule(kernel: Int8Kernel):
             x, w = value.args[0], const_value(value.args[1])
             if len(x.ty.shape.values) == 2 and w.ndim == 2:
                 m, k = (int(d) for d in x.ty.shape.values)
+                if kernel.tensor_core_matmul_min is not None and min(m, k, w.shape[1]) > kernel.tensor_core_matmul_min:
+                    return emit_as_is(bb, var, value)  # left to the tensor-core matmul schedule
                 x4 = bb.emit(relax.op.reshape(x, (m, k, 1, 1)))
                 conv = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}
                 y = _emit_packed(bb, x4, w.T.reshape(w.shape[1], k, 1, 1), conv, kernel, var.name + "_packed")

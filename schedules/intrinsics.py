@@ -28,6 +28,7 @@ class Int8Kernel:
     instruction: str  # what to look for in the assembly
     pixels: int = 1  # output pixels per instruction (2 for a matrix-multiply instruction)
     fallback: "Int8Kernel | None" = None  # for layers whose output width is not a multiple of `pixels`
+    tensor_core_matmul_min: int | None = None  # matmuls with every dimension over this stay for tensor cores
 
     def for_layer(self, width: int, stride: int) -> "Int8Kernel":
         """This kernel, or its fallback where the instruction's pixels are not adjacent in a row."""
@@ -195,7 +196,7 @@ KERNELS = {
                            fallback=Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot")),
     "arm-neon": Int8Kernel(8, 2, "int16", None, "smlal"),
     # CUDA: one dp4a per (output channel, 4 input channels); lanes = output channels per thread group.
-    "cuda": Int8Kernel(4, 4, "int8", "qcompile_dp4a", "dp4a"),
+    "cuda": Int8Kernel(4, 4, "int8", "qcompile_dp4a", "dp4a", tensor_core_matmul_min=64),
 }
 
 _IMPLS = {

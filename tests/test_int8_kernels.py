@@ -121,3 +121,32 @@ def test_cuda_int8_kernels_use_dp4a():
         ptx = nvcc.compile_cuda(src, target_format="ptx", arch="sm_80", compiler="nvcc").decode()
     assert "dp4a.s32.s32" in ptx
     assert get_target("cuda-sm80").schedule_family == "cuda"
+
+
+@requires("nvcc")
+def test_cuda_large_int8_matmuls_use_int8_tensor_cores(tmp_path):
+    """A quantized MLP at batch 128: its int8 matmuls go to WMMA on s8 fragments (the dp4a kernels
+    keep the convolutions and the small matmuls)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm.support import nvcc
+
+    from qcompile.pipeline import compile_module, prepare
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((256, 256)) * 0.1).astype("float32")
+    w2 = (rng.standard_normal((256, 128)) * 0.1).astype("float32")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [128, 128])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    p = prepare(path, "cuda-sm80", None, {"progress": False}, [{"x": rng.standard_normal((128, 256)).astype("float32")}])
+    ex = compile_module(p.mod, p.spec)
+    src = "".join(m.inspect_source() for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "cuda"))
+    assert src.count("wmma::mma_sync") >= 2
+    with p.spec.tvm_target():
+        ptx = nvcc.compile_cuda(src, target_format="ptx", arch="sm_80", compiler="nvcc").decode()
+    assert "wmma.mma.sync" in ptx and ".s8" in ptx
