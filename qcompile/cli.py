@@ -56,11 +56,17 @@ def cmd_tune(args) -> None:
     result = tune(args.model, args.target, args.records, args.trials, input_shapes=_shapes(args.input_shape),
                   quantize=_quantize(args), calib=args.calib, rpc=rpc, seed=args.seed)
     width = max(len(t.name) for t in result.tasks) if result.tasks else 10
-    print(f"{'kernel':<{min(width, 60)}}  trials  best ms    verified")
+    print(f"{'kernel':<{min(width, 60)}}  trials  best ms  default ms  verdict")
     for t in result.tasks:
         best = f"{t.best_ms:.4f}" if t.best_ms is not None else "-"
-        verdict = {True: "yes", False: f"NO (diff {t.max_diff:.2e}; not used)", None: "-"}[t.verified]
-        print(f"{t.name[:60]:<{min(width, 60)}}  {t.trials:>6}  {best:>9}  {verdict}")
+        default = f"{t.default_ms:.4f}" if t.default_ms is not None else "-"
+        if t.verified is None:
+            verdict = "-"
+        elif not t.verified:
+            verdict = f"WRONG (diff {t.max_diff:.2e}); not used"
+        else:
+            verdict = "used" if t.used else "right, but the default schedule is faster; not used"
+        print(f"{t.name[:60]:<{min(width, 60)}}  {t.trials:>6}  {best:>7}  {default:>10}  {verdict}")
     print(f"{result.new_trials} new trials in {result.seconds:.0f} s; records in {result.records}/ "
           f"(use: qcompile build ... --records {result.records})")
 

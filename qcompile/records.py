@@ -1,6 +1,7 @@
 """Tuning records: a folder holding MetaSchedule's JSON database (workloads.json, records.json),
 the target it was tuned for (target.json) and each kernel's verdict against its reference
-(verified.json). A build applies only verified records, the best one per kernel."""
+(verified.json). A build applies a kernel's best record only where it computed the right result
+and ran faster than the kernel's default schedule."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def trusted_database(folder, spec):
     verdicts = read_json(folder, VERIFIED)
     trusted = ms.database.MemoryDatabase()
     for key, record in best_records(open_database(folder)).items():
-        if not verdicts.get(key, {}).get("ok"):
+        verdict = verdicts.get(key, {})
+        if not (verdict.get("ok") and verdict.get("faster")):  # wrong, or no better than the default schedule
             continue
         workload = trusted.commit_workload(record.workload.mod)
         trusted.commit_tuning_record(ms.database.TuningRecord(

@@ -46,6 +46,8 @@ class TaskResult:
     best_ms: float | None
     verified: bool | None  # None: nothing to verify (no successful trial)
     max_diff: float | None = None
+    default_ms: float | None = None  # the default schedule, timed beside the tuned one
+    used: bool | None = None  # right and faster than the default: a build applies it
 
 
 @dataclass
@@ -195,23 +197,38 @@ def _random_args(func, rng) -> list[np.ndarray]:
     return args
 
 
-def _verify(task_mod, record, target, device) -> float:
-    """Max |difference| between the tuned kernel and the unscheduled one on random inputs."""
+def _default_schedule(task_mod, family: str, target):
+    import tvm
+
+    from schedules import schedule_passes
+
+    fresh = tvm.ir.load_json(tvm.ir.save_json(task_mod))  # the default-schedule pass edits its input
+    with target:
+        return tvm.transform.Sequential(schedule_passes(family, target))(fresh)
+
+
+def _verify(task_mod, record, target, device, family: str) -> tuple[float, float, float]:
+    """(max |difference| between the tuned kernel and the unscheduled one on random inputs,
+    tuned us, default-schedule us): a record is used only where it is right and beats the default."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(task_mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)
-    func = task_mod["main"]
-    args = _random_args(func, np.random.default_rng(0))
-    outputs = []
-    for mod in (task_mod, sch.mod):
+    default = _default_schedule(task_mod, family, target)
+    args = _random_args(task_mod["main"], np.random.default_rng(0))
+    outputs, times = [], []
+    for mod in (task_mod, sch.mod, default):
         lib = _build(mod, target, None)
         tensors = [device.tensor(a) for a in args]
-        device.run(lib, tensors)
+        times.append(device.run(lib, tensors, timed=mod is not task_mod))
         outputs.append([t.numpy() for t in tensors])
     diffs = [np.abs(a.astype(np.float64) - b.astype(np.float64)).max() / max(1.0, np.abs(a).max())
-             for a, b in zip(*outputs) if a.size]
-    return float(max(diffs, default=0.0))
+             for a, b in zip(*outputs[:2]) if a.size]
+    return float(max(diffs, default=0.0)), times[1], times[2]
+
+
+def _time_us(module, device, tensors) -> float:
+    return float(module.time_evaluator("main", device, number=20, repeat=5, min_repeat_ms=10)(*tensors).median * 1e6)
 
 
 class _LocalDevice:
@@ -225,8 +242,9 @@ class _LocalDevice:
 
         return tvm.runtime.tensor(a, self.dev)
 
-    def run(self, lib, tensors):
+    def run(self, lib, tensors, timed=False):
         lib["main"](*tensors)
+        return _time_us(lib.mod, self.dev, tensors) if timed else None
 
 
 class _RemoteDevice:
@@ -244,12 +262,13 @@ class _RemoteDevice:
 
         return tvm.runtime.tensor(a, self.dev)
 
-    def run(self, lib, tensors):
+    def run(self, lib, tensors, timed=False):
         self.uploads += 1  # a fresh name each time: re-opening an overwritten library would crash the server
         name = f"kernel_{self.uploads}.so"
         self.session.upload(_export(self.spec_json, lib), target=name)
         remote = self.session.load_module(name)
         remote["main"](*tensors)
+        return _time_us(remote, self.dev, tensors) if timed else None
 
 
 def tune(model, target: str = "host", records="tuning-records", trials: int = 64, *, input_shapes=None,
@@ -346,11 +365,13 @@ def _verify_all(tasks, database, records, target, rpc, spec) -> list[TaskResult]
         best_ms = 1e3 * float(np.mean([float(s) for s in record.run_secs]))
         trace_key = str(record.trace)
         verdict = verdicts.get(key)
-        if verdict is None or verdict.get("trace") != trace_key:
+        if verdict is None or verdict.get("trace") != trace_key or "default_us" not in verdict:
             device = device or (_LocalDevice() if rpc is None else _RemoteDevice(rpc, spec))
-            diff = _verify(mod, record, target, device)
-            verdict = {"task": name, "ok": diff <= 1e-3, "max_diff": diff, "trace": trace_key}
+            diff, tuned_us, default_us = _verify(mod, record, target, device, spec.schedule_family)
+            verdict = {"task": name, "ok": diff <= 1e-3, "max_diff": diff, "trace": trace_key,
+                       "tuned_us": tuned_us, "default_us": default_us, "faster": bool(tuned_us < default_us)}
             verdicts[key] = verdict
             write_json(records, VERIFIED, verdicts)
-        results.append(TaskResult(name, counts.get(key, 0), best_ms, verdict["ok"], verdict["max_diff"]))
+        results.append(TaskResult(name, counts.get(key, 0), best_ms, verdict["ok"], verdict["max_diff"],
+                                  verdict["default_us"] / 1e3, verdict["faster"]))
     return results
