@@ -69,6 +69,15 @@ def check_target(folder, spec) -> None:
         raise QCompileError(f"{folder}: these records were tuned for target '{tuned_for}', not '{spec.name}'")
 
 
+def record_counts(database) -> dict:
+    """workload key -> trials recorded for it."""
+    counts: dict = {}
+    for record in database.get_all_tuning_records():
+        key = workload_key(record.workload.mod)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def best_records(database) -> dict:
     """workload key -> the fastest successful record."""
     best: dict = {}

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QCompileError
-from .records import TARGET, VERIFIED, best_records, check_target, open_database, read_json, workload_key, write_json
+from .records import (TARGET, VERIFIED, best_records, check_target, open_database, read_json, record_counts,
+                      workload_key, write_json)
 
 
 @dataclass
@@ -303,10 +304,7 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
     write_json(records, TARGET, {"name": spec.name, "spec": spec.to_json()})
     register_all()
     tasks = extract_tasks(prepared.mod, spec, ms_target)
-    counts = {}
-    for record in database.get_all_tuning_records():
-        key = workload_key(record.workload.mod)
-        counts[key] = counts.get(key, 0) + 1
+    counts = record_counts(database)
     todo = [(name, mod, max(0, trials - counts.get(workload_key(mod), 0))) for name, mod in tasks]
     builder = ms.builder.LocalBuilder(f_build=_build, f_export=functools.partial(_export, spec.to_json()),
                                       max_workers=1, timeout_sec=120)
@@ -350,10 +348,7 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
 def _verify_all(tasks, database, records, target, rpc, spec) -> list[TaskResult]:
     verdicts = read_json(records, VERIFIED)
     best = best_records(database)
-    counts: dict = {}
-    for record in database.get_all_tuning_records():
-        key = workload_key(record.workload.mod)
-        counts[key] = counts.get(key, 0) + 1
+    counts = record_counts(database)
     device = None
     results = []
     for name, mod in tasks:
