@@ -23,22 +23,53 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]]:
 
 
 def _quantize(args) -> dict | None:
+    if getattr(args, "precision_config", None) and args.quantize != "int8":
+        raise QCompileError("--precision-config is used with --quantize int8 (it replaces the search of --quantize mixed)")
     if args.quantize:
+        precisions = {}
+        if getattr(args, "precision_config", None):
+            from .mixed import read_precision_config
+
+            precisions = read_precision_config(args.precision_config)
         return {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
                 "per_channel": args.per_channel, "symmetric": not args.asymmetric,
-                "bias_correction": not args.no_bias_correction,
+                "bias_correction": not args.no_bias_correction, "precisions": precisions,
                 "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ())}
     if args.calib:
-        raise QCompileError("--calib is only used with --quantize int8")
+        raise QCompileError("--calib is only used with --quantize int8 or mixed")
     return None
+
+
+def _mixed(args) -> dict | None:
+    if args.quantize != "mixed":
+        if args.labels or args.precision_out:
+            raise QCompileError("--labels and --precision-out are used with --quantize mixed")
+        return None
+    if args.mode != "static":
+        raise QCompileError("--quantize mixed builds integer kernels: --mode must be static")
+    if not args.calib:
+        raise QCompileError("--quantize mixed needs calibration data (--calib), on which the accuracy drop is measured")
+    from pathlib import Path
+
+    return {"labels": args.labels, "max_drop": args.max_accuracy_drop, "objective": args.objective,
+            "config_out": args.precision_out, "progress": sys.stderr.isatty(),
+            "cache_dir": Path(args.search_cache).expanduser()}
 
 
 def cmd_build(args) -> None:
     from .pipeline import build
 
     result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle,
-                   quantize=_quantize(args), calib=args.calib, report=args.report, records=args.records)
+                   quantize=_quantize(args), calib=args.calib, report=args.report, records=args.records,
+                   mixed=_mixed(args))
     meta = result.metadata
+    if meta.get("mixed_precision"):
+        counts = {}
+        for p in meta["mixed_precision"].values():
+            counts[p] = counts.get(p, 0) + 1
+        out = args.precision_out or result.artifact.with_suffix(".precision.json")
+        print("mixed precision: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+              + f"; wrote {out} (and its .md table and .png plot)")
     print(f"wrote {result.artifact} ({meta['target']}, {result.artifact.stat().st_size / 1e6:.2f} MB; "
           f"weights {meta['weight_bytes'] / 1e6:.2f} MB, float weights {meta['float_weight_bytes'] / 1e6:.2f} MB)")
     if args.report:
@@ -52,6 +83,8 @@ def cmd_tune(args) -> None:
 
     if bool(args.rpc_tracker) != bool(args.rpc_key):
         raise QCompileError("--rpc-tracker and --rpc-key go together")
+    if args.quantize == "mixed":
+        raise QCompileError("tune a mixed configuration as --quantize int8 --precision-config JSON (the search's output)")
     rpc = RPC(args.rpc_tracker, args.rpc_key, args.rpc_timeout) if args.rpc_tracker else None
     result = tune(args.model, args.target, args.records, args.trials, input_shapes=_shapes(args.input_shape),
                   quantize=_quantize(args), calib=args.calib, rpc=rpc, seed=args.seed)
@@ -150,7 +183,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _quantization_args(parser_) -> None:
     q = parser_.add_argument_group("quantization")
-    q.add_argument("--quantize", choices=["int8"], help="quantize to int8 (pre-quantized QDQ models need no flag)")
+    q.add_argument("--quantize", choices=["int8", "mixed"],
+                   help="int8: quantize every layer (pre-quantized QDQ models need no flag); mixed: search "
+                        "int4/int8/fp16/fp32 per layer under --max-accuracy-drop")
     q.add_argument("--mode", default="static", choices=["static", "simulate", "dynamic", "weight-only"],
                    help="static: integer kernels from calibration (default); simulate: fake-quant in float; "
                         "dynamic / weight-only: int8 matmul weights, no calibration")
@@ -167,6 +202,19 @@ def _quantization_args(parser_) -> None:
                    help="keep biases as trained (default: correct them for the mean weight-quantization error)")
     q.add_argument("--skip", action="append", metavar="LAYER", help="keep this layer in float (repeatable)")
     q.add_argument("--skip-op", action="append", metavar="OP", help="keep every op of this kind in float, e.g. add")
+    q.add_argument("--precision-config", metavar="JSON", help="per-layer precisions written by --quantize mixed "
+                   "(with --quantize int8: rebuild that choice without searching)")
+    m = parser_.add_argument_group("mixed precision (--quantize mixed)")
+    m.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="POINTS",
+                   help="largest drop of top-1 (percentage points) on the calibration data (default 0.5)")
+    m.add_argument("--objective", choices=["latency", "size"], default="latency",
+                   help="minimise measured latency on this machine (default) or weight bytes")
+    m.add_argument("--labels", metavar="NPY", help="one class per calibration sample; without it the metric is "
+                   "top-1 agreement with the float model")
+    m.add_argument("--precision-out", metavar="JSON", help="where the chosen configuration goes "
+                   "(default: the artifact's name with .precision.json)")
+    m.add_argument("--search-cache", default="~/.cache/qcompile/mixed", metavar="DIR",
+                   help="sensitivities and layer latencies are kept here between runs")
 
 
 def _other_commands(sub) -> None:

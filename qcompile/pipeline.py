@@ -104,14 +104,24 @@ def prepare(model, target: str, input_shapes=None, quantize=None, calib=None) ->
 
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
-          bundle=None, quantize=None, calib=None, report=None, records=None) -> BuildResult:
+          bundle=None, quantize=None, calib=None, report=None, records=None, mixed=None) -> BuildResult:
     """Compile `model` for `target` into the shared library `output` (and a deploy bundle).
     `quantize`: a QuantConfig (or its fields as a dict) to quantize with `calib` data; `report`:
     a JSON path for the per-layer quantization report; `records`: a tuning database folder
-    written by `tune` (the model is not tuned again)."""
+    written by `tune` (the model is not tuned again). `mixed`: search a precision per layer
+    first (keyword arguments of mixed.search, plus `config_out`, the JSON the choice is written to)."""
     import tvm
 
-    prepared = prepare(model, target, input_shapes, quantize, calib)
+    prepared = prepare(model, target, input_shapes, None if mixed is not None else quantize, calib)
+    mixed_result = None
+    if mixed is not None:
+        from .mixed import search
+        from .quantize import QuantConfig
+
+        options = dict(mixed)
+        config_out = options.pop("config_out", None)
+        base = quantize if isinstance(quantize, QuantConfig) else QuantConfig(**(quantize or {}))
+        mixed_result, (prepared.mod, prepared.quant_report) = search(prepared, calib, base=base, **options)
     spec, imported, float_mod, mod, quant_report = (prepared.spec, prepared.imported, prepared.float_mod,
                                                     prepared.mod, prepared.quant_report)
     meta = {
@@ -139,6 +149,15 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
     from .export import write_bundle, write_library
 
     artifact = write_library(executable, spec, Path(output), meta)
+    if mixed_result is not None:
+        from .mixed_report import write_mixed
+
+        try:
+            write_mixed(mixed_result, Path(config_out) if config_out else artifact.with_suffix(".precision.json"))
+        except BaseException:
+            artifact.unlink(missing_ok=True)
+            raise
+        meta["mixed_precision"] = mixed_result.precisions
     if report is not None:
         write_report(Path(report), meta, quant_report, artifact)
     bundle_path = None

@@ -10,6 +10,10 @@ channels and one contiguous weight tile per instruction. A shifted activation (x
 u8 x s8 instruction with int8 data) is corrected exactly by `corr[oc] = s * sum(W[oc])`.
 A matmul x[M, K] @ W[K, N] is the 1x1 convolution of x viewed as [M, K, 1, 1].
 
+Weights whose codes all fit in 4 bits (int4 layers) are stored two per byte along `kpack` (low
+nibble first) and unpacked inside the kernel, before the dot product reads them: half the bytes of
+int8 in the artifact and in memory.
+
 Depthwise convolutions (one filter per channel) become a packed kernel of their own: channels-last,
 `lanes` channels per vector, int16 activations, no dot-product instruction (nothing to sum across
 channels).
@@ -44,6 +48,35 @@ def pack_weight(w: np.ndarray, kernel: Int8Kernel) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(oco, L, co, KP, kh, kw).transpose(0, 4, 5, 2, 1, 3))
 
 
+def fits_int4(w: np.ndarray) -> bool:
+    return w.size > 0 and int(w.min()) >= -8 and int(w.max()) <= 7
+
+
+def pack_int4(wp: np.ndarray) -> np.ndarray:
+    """Pairs along the last axis into one byte each: element 2i in the low nibble, 2i+1 in the high."""
+    lo, hi = wp[..., 0::2].astype(np.int32), wp[..., 1::2].astype(np.int32)
+    return ((lo & 0xF) | (hi << 4)).astype(np.uint8).view(np.int8)
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """The inverse of pack_int4 (sign-extended nibbles)."""
+    v = packed.astype(np.int32)
+    lo, hi = (v << 28) >> 28, v >> 4
+    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.int8)
+
+
+def _unpack_int4_te(wp4):
+    """The kernel's first stage for an int4 layer: sign-extended nibbles back to int8."""
+    shape = [*wp4.shape[:-1], wp4.shape[-1] * 2]
+
+    def nibble(*idx):
+        byte = wp4[(*idx[:-1], idx[-1] // 2)].astype("int32")
+        low = (byte << 28) >> 28
+        return tirx.if_then_else(idx[-1] % 2 == 0, low, byte >> 4).astype("int8")
+
+    return te.compute(shape, nibble, name="unpack_int4")
+
+
 def _i64(v):
     return tirx.IntImm("int64", v)  # Relax kernels index in int64
 
@@ -66,7 +99,10 @@ def _pack_input(x, channels: int, padding, act: str, shift: int):
     return te.compute(tuple(map(_i64, (n, h + pt + pb, w + pl + pr, channels))), packed, name="pack_input")
 
 
-def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int, kernel: Int8Kernel, shift: int):
+def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int, kernel: Int8Kernel, shift: int,
+                   int4: bool = False):
+    if int4:
+        wp = _unpack_int4_te(wp)
     n, _, h, w = (int(d) for d in x.shape)
     oco, kh, kw, co, L, KP = (int(d) for d in wp.shape)
     (sh, sw), (dh, dw) = strides, dilation
@@ -141,8 +177,12 @@ def _emit_packed(bb, x, weight_oihw: np.ndarray, conv: dict, kernel: Int8Kernel,
                                         conv["strides"][1], conv["dilation"][1]), conv["strides"][1])
     shift = kernel.shift(tensor_dtype(x))
     wp = pack_weight(weight_oihw, kernel)
+    int4 = fits_int4(weight_oihw) and kernel.kpack % 2 == 0
+    if int4:
+        wp = pack_int4(wp)
     corr = (shift * weight_oihw.astype(np.int64).reshape(weight_oihw.shape[0], -1).sum(1)).astype(np.int32)
-    te_func = functools.partial(packed_conv_te, out_channels=weight_oihw.shape[0], kernel=kernel, shift=shift, **conv)
+    te_func = functools.partial(packed_conv_te, out_channels=weight_oihw.shape[0], kernel=kernel, shift=shift,
+                                int4=int4, **conv)
     return bb.emit_te(te_func, x, relax.const(wp, "int8"), relax.const(corr, "int32"),
                       primfunc_name_hint=KERNEL_NAME, name_hint=name)
 

@@ -15,6 +15,7 @@ from .calib_data import load_calibration
 from .calibrate import choose_qparams, collect
 from .dynamic import MODES as DYNAMIC_MODES
 from .dynamic import dynamic_quantize
+from .half import half_precision
 from .insert_qdq import insert_qdq, weight_axis
 from .ir import const_value, is_const, main_bindings, op_name
 from .ops import OP_KINDS, short_name
@@ -23,6 +24,7 @@ from .ranges import METHODS
 from .realize import realize
 
 STATIC_MODES = ("static", "simulate")
+PRECISIONS = ("int4", "int8", "fp16", "fp32")  # per compute layer: int4 = 4-bit weights, int8 activations
 ALL_MODES = STATIC_MODES + DYNAMIC_MODES
 
 
@@ -36,6 +38,7 @@ class QuantConfig:
     bias_correction: bool = True  # fold the mean error of quantized weights into the bias
     skip_layers: frozenset = field(default_factory=frozenset)
     skip_ops: frozenset = field(default_factory=frozenset)
+    precisions: dict = field(default_factory=dict)  # layer -> int4 | int8 | fp16 | fp32; others int8
     progress: bool = True
 
     def check(self) -> None:
@@ -45,12 +48,23 @@ class QuantConfig:
             raise QCompileError(f"unknown calibration method '{self.method}'; choose from {', '.join(METHODS)}")
         if not 0.0 < self.percentile <= 100.0:
             raise QCompileError(f"percentile {self.percentile} is outside (0, 100]")
+        bad = {layer: p for layer, p in self.precisions.items() if p not in PRECISIONS}
+        if bad:
+            layer, p = next(iter(bad.items()))
+            raise QCompileError(f"layer '{layer}': unknown precision '{p}'; choose from {', '.join(PRECISIONS)}")
+
+    def float_layers(self) -> frozenset:
+        """Layers left as float islands: skipped, or given fp16/fp32."""
+        return frozenset(self.skip_layers) | {n for n, p in self.precisions.items() if p in ("fp16", "fp32")}
 
     def describe(self) -> dict:
-        return {"mode": self.mode, "method": self.method, "percentile": self.percentile,
-                "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor"),
-                "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
-                "bias_correction": self.bias_correction}
+        described = {"mode": self.mode, "method": self.method, "percentile": self.percentile,
+                     "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor"),
+                     "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
+                     "bias_correction": self.bias_correction}
+        if self.precisions:
+            described["precisions"] = dict(self.precisions)
+        return described
 
 
 def has_qdq(mod) -> bool:
@@ -67,17 +81,25 @@ def _scale_summary(qp: QParams | None) -> dict | None:
     return {"scale_min": float(s.min()), "scale_max": float(s.max()), "channels": int(s.size), "dtype": qp.dtype}
 
 
+def _precision(node, config: QuantConfig) -> str:
+    chosen = config.precisions.get(node.name)
+    if not node.quantized:
+        return "fp16" if chosen == "fp16" else "fp32"
+    return "int4" if chosen == "int4" and node.kind == "compute" else "int8"
+
+
 def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> list[dict]:
     defs = dict(main_bindings(mod))
     rows = []
     for node in p.nodes:
-        row = {"name": node.name, "op": node.op, "precision": "int8" if node.quantized else "fp32",
+        row = {"name": node.name, "op": node.op, "precision": _precision(node, config),
                "inputs": [_scale_summary(qparams.get(p.site_of(v))) for v in node.inputs] if node.quantized else [],
                "output": _scale_summary(qparams.get(p.sites.get(node.outputs[0]))) if node.outputs else None}
         first = defs.get(node.members[0])
         if node.kind == "compute" and node.quantized and is_const(first.args[1]):
             w = const_value(first.args[1])
-            row["weight"] = _scale_summary(weight_qparams(w, weight_axis(op_name(first), w, config.per_channel)))
+            bits = 4 if row["precision"] == "int4" else 8
+            row["weight"] = _scale_summary(weight_qparams(w, weight_axis(op_name(first), w, config.per_channel), bits))
         rows.append(row)
     return rows
 
@@ -96,14 +118,18 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     if calib is None:
         raise QCompileError(f"--quantize int8 ({config.mode}) needs calibration data (--calib)")
     batches = load_calibration(calib, inputs)
-    policy = Policy(frozenset(config.skip_layers), frozenset(config.skip_ops))
+    policy = Policy(config.float_layers(), frozenset(config.skip_ops))
     p = plan(mod, layer_names, policy)
     _check_skips(p, config)
     annotated = annotate(mod, planned=p)
     observers = collect(annotated, batches, [t.name for t in inputs], config.progress)
     qparams = choose_qparams(observers, config.method, config.percentile, config.symmetric)
     means = {site: obs.mean_sample for site, obs in observers.items()} if config.bias_correction else None
-    simulated = insert_qdq(annotated, qparams, config.per_channel, means)
+    compute_var = {n.name: str(n.members[0].name) for n in p.nodes if n.kind == "compute"}
+    int4 = {compute_var[n]: 4 for n, prec in config.precisions.items() if prec == "int4" and n in compute_var}
+    half = {compute_var[n] for n, prec in config.precisions.items() if prec == "fp16" and n in compute_var}
+    # fp16 before realize: it renames the float bindings it re-emits
+    simulated = half_precision(insert_qdq(annotated, qparams, config.per_channel, means, int4), half)
     report["layers"] = _report(mod, p, qparams, config)
     report["calibration_batches"] = len(batches)
     if config.mode == "simulate":
@@ -124,11 +150,16 @@ def _check_skips(p: Plan, config: QuantConfig) -> None:
     if unknown:
         shown = ", ".join(sorted(known)[:8])
         raise QCompileError(f"--skip names unknown layer(s) {unknown}; layers include: {shown}")
+    compute = {n.name for n in p.nodes if n.kind == "compute"}
+    unknown = sorted(set(config.precisions) - compute)
+    if unknown:
+        shown = ", ".join(sorted(compute)[:8])
+        raise QCompileError(f"precision config names unknown layer '{unknown[0]}'; compute layers include: {shown}")
     ops = {short_name(op) for kind_ops in OP_KINDS.values() for op in kind_ops} | {"elementwise"}
     unknown_ops = sorted(set(config.skip_ops) - ops)
     if unknown_ops:
         raise QCompileError(f"--skip-op names unknown op(s) {unknown_ops}; quantizable ops: {', '.join(sorted(ops))}")
 
 
-__all__ = ["QuantConfig", "quantize_module", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
+__all__ = ["QuantConfig", "quantize_module", "PRECISIONS", "half_precision", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
            "dynamic_quantize", "METHODS", "ALL_MODES"]

@@ -29,9 +29,18 @@ def weight_axis(op: str, weight: np.ndarray, per_channel: bool) -> int | None:
     return axis % weight.ndim
 
 
-def fake_quantize_weight(op: str, weight: np.ndarray, per_channel: bool) -> np.ndarray:
-    qp = weight_qparams(weight, weight_axis(op, weight, per_channel))
+def fake_quantize_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int = 8) -> np.ndarray:
+    qp = weight_qparams(weight, weight_axis(op, weight, per_channel), bits)
     return qp.dequantize(qp.quantize(weight))
+
+
+def dequantized_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int) -> relax.Expr:
+    """dequantize(codes) of a `bits`-bit weight, the form QDQ models import as: realize keeps the
+    codes themselves (4-bit values in int8), where re-quantizing the float weight at 8 bits would not."""
+    qp = weight_qparams(weight, weight_axis(op, weight, per_channel), bits)
+    axis = -1 if qp.axis is None else qp.axis
+    return R.dequantize(relax.const(qp.quantize(weight)), const(qp.scale, "float32"), const(0, "int32"),
+                        axis=axis, out_dtype="float32")
 
 
 def output_shift(op: str, value, delta_w: np.ndarray, mean_input: np.ndarray) -> np.ndarray | None:
@@ -49,9 +58,11 @@ def output_shift(op: str, value, delta_w: np.ndarray, mean_input: np.ndarray) ->
     return None
 
 
-def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input_means: dict | None = None):
+def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input_means: dict | None = None,
+               weight_bits: dict[str, int] | None = None):
     """The InsertQDQ pass. With `input_means` (site -> mean calibration sample) it also corrects
-    each layer's bias for the mean error its quantized weights cause (Nagel et al., 2019)."""
+    each layer's bias for the mean error its quantized weights cause (Nagel et al., 2019).
+    `weight_bits`: compute bindings (by variable name) whose weights take fewer than 8 bits."""
     quantized: set = set()
     mean_of: dict = {}  # var -> its mean calibration sample, where known
 
@@ -73,8 +84,11 @@ def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input
         if op in COMPUTE and value.args[0] in quantized and is_const(value.args[1]):
             w = const_value(value.args[1])
             if w.dtype.kind == "f":
-                wq = fake_quantize_weight(op, w, per_channel)
-                args = [value.args[0], relax.const(wq), *value.args[2:]]
+                bits = (weight_bits or {}).get(str(var.name), 8)
+                wq = fake_quantize_weight(op, w, per_channel, bits)
+                w_expr = relax.const(wq) if bits == 8 else bb.emit(dequantized_weight(op, w, per_channel, bits),
+                                                                     f"{var.name}_weight")
+                args = [value.args[0], w_expr, *value.args[2:]]
                 value = relax.Call(value.op, args, value.attrs, value.ty_args)
                 mean = mean_of.get(value.args[0])
                 shift = output_shift(op, value, wq.astype(np.float64) - w, mean) if mean is not None else None

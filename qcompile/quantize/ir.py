@@ -112,15 +112,16 @@ RewriteRule = Callable[[relax.BlockBuilder, relax.Var, relax.Expr], relax.Expr]
 
 
 def rewrite_main(mod, rule: RewriteRule, finish: Callable | None = None, *,
-                 start: Callable | None = None, func_name: str = "main"):
+                 start: Callable | None = None, func_name: str = "main", extra_params: list | None = None):
     """Re-emit `func_name` binding by binding. `rule(bb, var, value)` gets each binding's value
     with earlier variables already substituted and returns the expression that stands for `var`
     from then on (usually what it emitted). `start(bb, params)` may emit first and returns the
-    initial substitutions; `finish(bb, result)` may rewrite the returned value."""
+    initial substitutions; `finish(bb, result)` may rewrite the returned value. `extra_params`
+    are appended to the function's parameters (new inputs the rule may read)."""
     func = mod[func_name]
     bb = relax.BlockBuilder()
     attrs = dict(func.attrs) if func.attrs is not None else None
-    with bb.function(func_name, list(func.params), attrs=attrs):
+    with bb.function(func_name, list(func.params) + list(extra_params or []), attrs=attrs):
         with bb.dataflow():
             remap: dict = dict(start(bb, list(func.params))) if start is not None else {}
             for var, value in main_bindings(mod, func_name):

@@ -52,13 +52,15 @@ def activation_qparams(lo: float, hi: float, symmetric: bool = True) -> QParams:
     return QParams(np.float32(scale), np.int32(zero_point), "uint8")
 
 
-def weight_qparams(w: np.ndarray, axis: int | None = 0) -> QParams:
-    """Symmetric int8 weight parameters, per output channel (`axis`) or per tensor (axis=None).
-    The range is [-127, 127] so that -w quantizes as exactly as w."""
+def weight_qparams(w: np.ndarray, axis: int | None = 0, bits: int = 8) -> QParams:
+    """Symmetric weight parameters, per output channel (`axis`) or per tensor (axis=None), for
+    `bits`-bit codes stored as int8. The range is [-(2**(bits-1) - 1), 2**(bits-1) - 1] (127 for
+    int8, 7 for int4) so that -w quantizes as exactly as w."""
+    qmax = float(2 ** (bits - 1) - 1)
     if axis is None:
         amax = np.float32(np.abs(w).max())
-        return QParams(np.maximum(amax / 127.0, EPS).astype(np.float32), np.int32(0), "int8")
+        return QParams(np.maximum(amax / qmax, EPS).astype(np.float32), np.int32(0), "int8")
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.abs(w).max(axis=reduce).astype(np.float32)
-    scale = np.maximum(amax / 127.0, EPS).astype(np.float32)
+    scale = np.maximum(amax / qmax, EPS).astype(np.float32)
     return QParams(scale, np.zeros_like(scale, dtype=np.int32), "int8", axis)

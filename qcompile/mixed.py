@@ -1,0 +1,249 @@
+"""Mixed precision: choose int4 / int8 / fp16 / fp32 per compute layer under a maximum drop of
+the top-1 metric, minimising measured latency or bytes, then build the choice.
+
+    sensitivity (quantize/sensitivity.py) -> per-layer cost (measured here) -> ILP sweep
+    (quantize/search.py) -> candidates checked in simulation, cheapest first -> the chosen one
+    built and its real metric checked against the budget (the next candidate if it fails)
+
+The choice is written as JSON ({"precisions": {layer: precision}, ...}) that `--precision-config`
+reads back to rebuild without searching."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import QCompileError
+
+OBJECTIVES = ("latency", "size")
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+@dataclass
+class MixedResult:
+    precisions: dict[str, str]
+    layers: list[dict]  # per layer: name, op, group, sensitivity, latency, bytes, chosen
+    candidates: list[dict]  # predicted noise / cost, simulated metric, per configuration
+    objective: str
+    max_drop: float
+    metric: str
+    float_metric: float
+    checked: list[dict] = field(default_factory=list)  # built candidates: real metric, accepted
+    uniform: dict = field(default_factory=dict)  # "int8" / "fp32" everywhere, scored like the candidates
+
+    def to_json(self) -> dict:
+        return {"precisions": self.precisions, "objective": self.objective, "max_accuracy_drop": self.max_drop,
+                "metric": self.metric, "float_metric": self.float_metric, "layers": self.layers,
+                "candidates": self.candidates, "checked": self.checked, "uniform": self.uniform}
+
+
+def read_precision_config(path) -> dict[str, str]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise QCompileError(f"{path}: not a readable precision config ({err})") from None
+    precisions = data.get("precisions") if isinstance(data, dict) else None
+    if not isinstance(precisions, dict):
+        raise QCompileError(f"{path}: a precision config needs a 'precisions' object of layer -> precision")
+    return {str(k): str(v) for k, v in precisions.items()}
+
+
+def layer_module(mod, node):
+    """The compute node (op and epilogue) alone, as a module of one float input."""
+    from tvm import relax
+
+    from .quantize.ir import main_bindings, substitute, tensor_shape
+
+    defs = dict(main_bindings(mod))
+    x_in = defs[node.members[0]].args[0]
+    x = relax.Var("x", relax.TensorType(list(tensor_shape(x_in)), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            remap = {x_in: x}
+            for m in node.members:
+                remap[m] = bb.emit(substitute(defs[m], remap), str(m.name))
+            out = bb.emit_output(remap[node.members[-1]])
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def measure_layer_latency(mod, node, precision: str, spec, base) -> float:
+    """Microseconds of the layer's kernels at `precision` on this machine (median of 5)."""
+    import dataclasses
+
+    import tvm
+    from tvm import relax
+
+    from .frontends.common import TensorInfo
+    from .pipeline import compile_module
+    from .quantize import quantize_module
+    from .quantize.ir import tensor_shape
+
+    single = layer_module(mod, node)
+    shape = tuple(tensor_shape(single["main"].params[0]))
+    sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    config = dataclasses.replace(base, precisions={node.name: precision}, skip_layers=frozenset(), progress=False)
+    qmod, _ = quantize_module(single, [TensorInfo("x", shape, "float32")], [{"x": sample}], config, [node.name])
+    vm = relax.VirtualMachine(compile_module(qmod, spec), tvm.cpu())
+    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=20)
+    return float(np.median(timer(tvm.runtime.tensor(sample)).results)) * 1e6
+
+
+class Cache:
+    """One JSON file per (model, target, calibration settings): sensitivities and latencies survive reruns."""
+
+    def __init__(self, folder: Path | None, key: str):
+        self.path = None if folder is None else Path(folder) / f"{key}.json"
+        self.data = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except ValueError:
+                self.data = {}
+
+    def get(self, section: str, compute):
+        if section not in self.data:
+            self.data[section] = compute()
+            self.save()
+        return self.data[section]
+
+    def save(self):
+        if self.path is None:
+            return
+        from .atomic import atomic_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.path) as tmp:
+            Path(tmp).write_text(json.dumps(self.data))
+
+
+def _cache_key(model, spec, calib_batches, labels, base) -> str:
+    h = hashlib.sha256(Path(model).read_bytes() if Path(str(model)).is_file() else str(model).encode())
+    h.update(spec.name.encode())
+    for b in calib_batches:
+        for k in sorted(b):
+            h.update(np.ascontiguousarray(b[k]).tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels).tobytes())
+    h.update(json.dumps(base.describe(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _check_latency_target(spec) -> None:
+    if spec.kind != "llvm" or spec.arch != platform.machine():
+        raise QCompileError(f"--objective latency measures kernels on this machine; target '{spec.name}' "
+                            f"({spec.arch}) does not run here: use --objective size")
+
+
+def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: str = "latency", base=None,
+           cache_dir=None, progress: bool = True, steps: int = 16) -> tuple[MixedResult, object]:
+    """(result, quantized module of the chosen configuration). `prepared`: pipeline.prepare(...)
+    without quantization; `calib`: calibration data (also the data the metric is measured on);
+    `labels`: one class per calibration sample (else top-1 agreement with the float model)."""
+    import dataclasses
+
+    from .quantize import QuantConfig, quantize_module
+    from .quantize.annotate import annotate, plan
+    from .quantize.calib_data import load_calibration
+    from .quantize.calibrate import choose_qparams, collect
+    from .quantize.search import candidates, group_tables, layer_groups, predicted
+    from .quantize.sensitivity import Simulator, compute_layers, layer_sensitivity, output_noise, top1_metric
+
+    if objective not in OBJECTIVES:
+        raise QCompileError(f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
+    if not max_drop >= 0:
+        raise QCompileError(f"--max-accuracy-drop must be a number of points >= 0, not {max_drop}")
+    spec, imported, mod = prepared.spec, prepared.imported, prepared.float_mod
+    if objective == "latency":
+        _check_latency_target(spec)
+    base = dataclasses.replace(base or QuantConfig(), mode="static", precisions={})
+    names = [t.name for t in imported.inputs]
+    batches = load_calibration(calib, imported.inputs)
+    if labels is not None:
+        labels = np.asarray(np.load(labels) if isinstance(labels, (str, Path)) else labels).reshape(-1)
+        samples = sum(len(b[names[0]]) for b in batches)
+        if len(labels) != samples:
+            raise QCompileError(f"--labels: {len(labels)} labels for {samples} calibration samples")
+    cache = Cache(cache_dir, _cache_key(imported.source, spec, batches, labels, base))
+
+    p = plan(mod, imported.layer_names)
+    observers = collect(annotate(mod, planned=p), batches, names, progress)
+    qparams = choose_qparams(observers, base.method, base.percentile, base.symmetric)
+    layers = compute_layers(mod, p)
+    if not layers:
+        raise QCompileError(f"{imported.source}: no convolution or matmul with constant weights to choose a precision for")
+    sim = Simulator(mod, p, qparams, layers, batches, names, base.per_channel)
+    float_metric = top1_metric(sim.reference, sim.reference, labels)
+    sens = cache.get("sensitivity", lambda: layer_sensitivity(sim, labels, progress))
+
+    has_int4_storage = _packs_int4(spec)
+    allowed = {l.name: tuple(q for q in l.allowed() if q != "int4" or has_int4_storage) for l in layers}
+    nodes = {n.name: n for n in p.nodes}
+    if objective == "size":
+        cost = {l.name: {q: l.weight.size * BYTES_PER_WEIGHT[q] for q in allowed[l.name]} for l in layers}
+    else:
+        def latencies():
+            from tqdm import tqdm
+
+            table = {}
+            jobs = [(l, q) for l in layers for q in allowed[l.name]]
+            for l, q in tqdm(jobs, desc="layer latency", unit="kernel", disable=not progress):
+                table.setdefault(l.name, {})[q] = measure_layer_latency(mod, nodes[l.name], q, spec, base)
+            return table
+        cost = cache.get("latency_us", latencies)
+    noise = {n: {q: v["noise"] for q, v in t.items()} for n, t in sens.items()}
+    groups = layer_groups(p, [l.name for l in layers])
+    options = group_tables(groups, allowed, noise, cost)
+
+    def scored(config):
+        y = sim.run(config)
+        pn, pc = predicted(config, noise, cost)
+        return {"precisions": config, "predicted_noise": pn, "predicted_cost": pc,
+                "simulated_noise": output_noise(y, sim.reference),
+                "simulated_drop": float_metric - top1_metric(y, sim.reference, labels)}
+
+    found = [scored(config) for config in candidates(groups, options, steps)]
+    group_of = {n: i for i, g in enumerate(groups) for n in g}
+    result = MixedResult({}, [], found, objective, max_drop, "top-1 accuracy" if labels is not None else
+                         "top-1 agreement with float", float_metric,
+                         uniform={u: scored({l.name: u for l in layers}) for u in ("int8", "fp32")})
+
+    for cand in sorted((c for c in found if c["simulated_drop"] <= max_drop), key=lambda c: c["predicted_cost"]):
+        config = dataclasses.replace(base, precisions=cand["precisions"], progress=False)
+        qmod, report = quantize_module(mod, imported.inputs, batches, config, imported.layer_names)
+        drop = float_metric - top1_metric(_run_all(qmod, batches, names), sim.reference, labels)
+        result.checked.append({"precisions": cand["precisions"], "real_drop": drop, "accepted": drop <= max_drop})
+        if drop <= max_drop:
+            result.precisions = cand["precisions"]
+            result.layers = [{"name": l.name, "op": l.op, "group": group_of[l.name], "sensitivity": sens[l.name],
+                              objective: cost[l.name], "precision": result.precisions[l.name]} for l in layers]
+            return result, (qmod, report)
+    raise QCompileError(f"no configuration keeps the {result.metric} drop within {max_drop} points "
+                        f"(fp32 everywhere is always a candidate: the budget must be >= 0)")
+
+
+def _run_all(qmod, batches, names) -> np.ndarray:
+    import tvm
+
+    from .quantize.calibrate import host_vm
+
+    vm = host_vm(qmod)
+    outs = []
+    for b in batches:
+        r = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(b[n])) for n in names])
+        outs.append((r if hasattr(r, "numpy") else r[0]).numpy())
+    return np.concatenate(outs)
+
+
+def _packs_int4(spec) -> bool:
+    """Whether the target's schedule family stores 4-bit weights two per byte (its packed kernels)."""
+    from schedules import relax_passes
+
+    return bool(relax_passes(spec.schedule_family))
