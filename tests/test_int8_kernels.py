@@ -10,7 +10,8 @@ from conftest import requires
 from tvm import te
 
 from qcompile.targets import _cpu_flags, get_target
-from schedules.int8_packed import pack_depthwise_weight, pack_weight, packed_conv_te, packed_depthwise_te
+from schedules.int8_packed import (fits_int4, pack_depthwise_weight, pack_int4, pack_weight, packed_conv_te,
+                                   packed_depthwise_te, unpack_int4)
 from schedules.int8_schedule import Int8Packed
 from schedules.intrinsics import KERNELS
 
@@ -30,7 +31,7 @@ def _i64(*dims):
     return tuple(tvm.tirx.IntImm("int64", d) for d in dims)
 
 
-def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None):
+def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False):
     c, oc, hw = (24, 24, hw or 14) if depthwise else (20, 40, hw or 10)  # channels that fill no whole tile
     kernel = KERNELS[family].for_layer((hw - 1) // stride + 1, stride)
     x = te.placeholder(_i64(1, c, hw, hw), input_dtype, "x")
@@ -45,12 +46,12 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None)
         out = packed_depthwise_te(x, w, **conv)
         args, tensors = [x, w, out], [xv, wp]
     else:
-        wv = rng.integers(-127, 128, (oc, c, 3, 3)).astype(np.int8)
-        wp = pack_weight(wv, kernel)
+        wv = rng.integers(-8, 8, (oc, c, 3, 3)).astype(np.int8) if int4 else rng.integers(-127, 128, (oc, c, 3, 3)).astype(np.int8)
+        wp = pack_int4(pack_weight(wv, kernel)) if int4 else pack_weight(wv, kernel)
         shift = kernel.shift(input_dtype)
         corr = (shift * wv.astype(np.int64).reshape(oc, -1).sum(1)).astype(np.int32)
         w, cr = te.placeholder(_i64(*wp.shape), "int8", "w"), te.placeholder(_i64(oc), "int32", "corr")
-        out = packed_conv_te(x, w, cr, out_channels=oc, kernel=kernel, shift=shift, **conv)
+        out = packed_conv_te(x, w, cr, out_channels=oc, kernel=kernel, shift=shift, int4=int4, **conv)
         args, tensors = [x, w, cr, out], [xv, wp, corr]
     ref = torch.nn.functional.conv2d(torch.tensor(xv.astype(np.float64)), torch.tensor(wv.astype(np.float64)),
                                      stride=stride, padding=1, groups=c if depthwise else 1).numpy()
@@ -70,6 +71,30 @@ def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input
     needs = TARGETS[family][1]
     if needs is None or not needs <= _cpu_flags():
         return  # compiled and checked above; aarch64 runs under qemu in test_quantize_models
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_int4_packing_round_trips():
+    rng = np.random.default_rng(1)
+    for shape in [(3, 5, 4), (1, 2), (7, 16)]:
+        w = rng.integers(-8, 8, shape).astype(np.int8)
+        packed = pack_int4(w)
+        assert packed.shape == (*shape[:-1], shape[-1] // 2) and packed.dtype == np.int8
+        np.testing.assert_array_equal(unpack_int4(packed), w)
+    assert fits_int4(np.array([-8, 7], np.int8)) and not fits_int4(np.array([-9, 0], np.int8))
+    assert not fits_int4(np.array([0, 8], np.int8))
+
+
+@pytest.mark.parametrize("family", list(TARGETS))
+def test_int4_weights_unpack_inside_the_packed_kernel_exactly(family):
+    lib, tensors, ref, kernel = _conv_kernel(family, "int8", int4=True)
+    assert tensors[1].size * 2 == pack_weight(np.zeros((40, 20, 3, 3), np.int8), kernel).size  # half the bytes
+    assert kernel.instruction in lib.mod.inspect_source("asm")
+    needs = TARGETS[family][1]
+    if needs is None or not needs <= _cpu_flags():
+        return
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)

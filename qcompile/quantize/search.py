@@ -56,18 +56,27 @@ def solve(groups, options, budget: float) -> dict[str, str] | None:
     """The cheapest configuration whose summed noise is within `budget` (None if none is)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    index = [(g, p) for g, opts in enumerate(options) for p in opts]
+    index = [(g, p) for g, opts in enumerate(options) for p in opts if opts[p][0] <= budget]
+    if {g for g, _ in index} != set(range(len(groups))):
+        return None
     c = np.array([options[g][p][1] for g, p in index], np.float64)
     noise = np.array([options[g][p][0] for g, p in index], np.float64)
     one_each = np.zeros((len(groups), len(index)))
     for j, (g, _) in enumerate(index):
         one_each[g, j] = 1.0
-    constraints = [LinearConstraint(one_each, 1.0, 1.0), LinearConstraint(noise[None, :], -np.inf, budget)]
-    result = milp(c, constraints=constraints, integrality=np.ones(len(index)), bounds=Bounds(0, 1))
-    if not result.success:
-        return None
-    chosen = [index[j] for j in np.flatnonzero(result.x > 0.5)]
-    return {n: p for g, p in chosen for n in groups[g]}
+    limit = budget
+    for _ in range(8):  # the solver's feasibility tolerance can overshoot a tiny budget: tighten, solve again
+        constraints = [LinearConstraint(one_each, 1.0, 1.0), LinearConstraint(noise[None, :], -np.inf, limit)]
+        result = milp(c, constraints=constraints, integrality=np.ones(len(index)), bounds=Bounds(0, 1),
+                      options={"mip_rel_gap": 0.0})
+        if not result.success:
+            return None
+        chosen = [index[j] for j in np.flatnonzero(result.x > 0.5)]
+        total = sum(options[g][p][0] for g, p in chosen)
+        if total <= budget * (1 + 1e-9):
+            return {n: p for g, p in chosen for n in groups[g]}
+        limit -= total - budget
+    return None
 
 
 def exhaustive(groups, options, budget: float) -> dict[str, str] | None:
