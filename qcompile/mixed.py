@@ -152,9 +152,10 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
     from .quantize import QuantConfig, quantize_module
     from .quantize.annotate import annotate, plan
     from .quantize.calib_data import load_calibration
-    from .quantize.calibrate import choose_qparams, collect
+    from .quantize.calibrate import choose_qparams, collect, host_vm
     from .quantize.search import candidates, group_tables, layer_groups, predicted
-    from .quantize.sensitivity import Simulator, compute_layers, layer_sensitivity, output_noise, top1_metric
+    from .quantize.sensitivity import (Simulator, as_tensors, compute_layers, layer_sensitivity, output_noise,
+                                       run_batches, top1_metric)
 
     if objective not in OBJECTIVES:
         raise QCompileError(f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
@@ -218,7 +219,7 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
     for cand in sorted((c for c in found if c["simulated_drop"] <= max_drop), key=lambda c: c["predicted_cost"]):
         config = dataclasses.replace(base, precisions=cand["precisions"], progress=False)
         qmod, report = quantize_module(mod, imported.inputs, batches, config, imported.layer_names)
-        drop = float_metric - top1_metric(_run_all(qmod, batches, names), sim.reference, labels)
+        drop = float_metric - top1_metric(run_batches(host_vm(qmod), as_tensors(batches, names)), sim.reference, labels)
         result.checked.append({"precisions": cand["precisions"], "real_drop": drop, "accepted": drop <= max_drop})
         if drop <= max_drop:
             result.precisions = cand["precisions"]
@@ -227,19 +228,6 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
             return result, (qmod, report)
     raise QCompileError(f"no configuration keeps the {result.metric} drop within {max_drop} points "
                         f"(fp32 everywhere is always a candidate: the budget must be >= 0)")
-
-
-def _run_all(qmod, batches, names) -> np.ndarray:
-    import tvm
-
-    from .quantize.calibrate import host_vm
-
-    vm = host_vm(qmod)
-    outs = []
-    for b in batches:
-        r = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(b[n])) for n in names])
-        outs.append((r if hasattr(r, "numpy") else r[0]).numpy())
-    return np.concatenate(outs)
 
 
 def _packs_int4(spec) -> bool:

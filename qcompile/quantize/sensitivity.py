@@ -99,7 +99,7 @@ class Simulator:
         self.layers = layers
         self.per_channel = per_channel
         self.vm = host_vm(switchable_module(mod, p, qparams, layers))
-        self.inputs = [[tvm.runtime.tensor(np.ascontiguousarray(b[n])) for n in input_names] for b in batches]
+        self.inputs = as_tensors(batches, input_names)
         self._weights: dict = {}
         self.reference = self.run({})
 
@@ -121,11 +121,23 @@ class Simulator:
             q = 1.0 if precision in ("int4", "int8") else 0.0
             h = 1.0 if precision == "fp16" else 0.0
             switches += [self._weight(i, precision), tvm.runtime.tensor(np.float32(q)), tvm.runtime.tensor(np.float32(h))]
-        outs = []
-        for args in self.inputs:
-            result = self.vm["main"](*args, *switches)
-            outs.append((result if hasattr(result, "numpy") else result[0]).numpy())
-        return np.concatenate(outs)
+        return run_batches(self.vm, self.inputs, switches)
+
+
+def as_tensors(batches: list[dict], input_names: list[str]) -> list[list]:
+    """Each batch's inputs as runtime tensors, in the order of `input_names`."""
+    import tvm
+
+    return [[tvm.runtime.tensor(np.ascontiguousarray(b[n])) for n in input_names] for b in batches]
+
+
+def run_batches(vm, inputs: list[list], extra: list = ()) -> np.ndarray:
+    """The first output of vm["main"](*batch, *extra) over every batch, concatenated."""
+    outs = []
+    for args in inputs:
+        result = vm["main"](*args, *extra)
+        outs.append((result if hasattr(result, "numpy") else result[0]).numpy())
+    return np.concatenate(outs)
 
 
 def output_noise(y: np.ndarray, reference: np.ndarray) -> float:
