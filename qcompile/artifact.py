@@ -26,6 +26,8 @@ def read_metadata(path) -> dict:
     if not path.is_file():
         raise QCompileError(f"{path}: no such artifact")
     data = path.read_bytes()
+    if data[:4] == b"PK\x03\x04":
+        return _zip_metadata(path)
     if data[:4] != b"\x7fELF":
         raise QCompileError(f"{path}: not a shared library (no ELF header)")
     start = data.find(MARKER)
@@ -36,3 +38,14 @@ def read_metadata(path) -> dict:
         return json.loads(data[start : data.index(b"\0", start)])
     except (ValueError, json.JSONDecodeError):
         raise QCompileError(f"{path}: its embedded metadata is corrupt") from None
+
+
+def _zip_metadata(path: Path) -> dict:
+    """A Vulkan (WGSL) artifact is a zip whose metadata.json is the same record."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read("metadata.json"))
+    except (KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        raise QCompileError(f"{path}: not a qcompile artifact (a zip without valid metadata.json)") from None

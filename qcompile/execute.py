@@ -97,6 +97,25 @@ def _run_emulated(path: Path, arrays: list[np.ndarray], spec, repeat: int, bundl
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _run_vulkan(path: Path, arrays: list[np.ndarray], meta: dict, repeat: int) -> tuple[list[np.ndarray], float | None]:
+    from .vulkan_runtime import VulkanModel
+
+    try:
+        model = VulkanModel(path)
+    except ImportError:
+        raise QCompileError(f"{path}: running a Vulkan artifact needs wgpu (pip install 'qcompile[vulkan]')") from None
+    except RuntimeError as err:  # no adapter: no Vulkan driver (apt install mesa-vulkan-drivers)
+        raise QCompileError(f"{path}: no Vulkan device found ({err}); install a Vulkan driver (Debian: mesa-vulkan-drivers)") from None
+    named = dict(zip([t["name"] for t in meta["inputs"]], arrays))
+    outputs = list(model.run(named).values())
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        model.run(named)
+        times.append((time.perf_counter() - start) * 1e3)
+    return outputs, (statistics.median(times) if times else None)
+
+
 def _missing_features(meta: dict, host: dict) -> list[str]:
     have = set(host["llvm"].get("mattr", []))
     return [f for f in meta["llvm"].get("mattr", []) if f.startswith("+") and f not in have]
@@ -108,12 +127,14 @@ def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunRe
     meta = read_metadata(path)
     arrays = load_inputs(inputs, meta)
     spec = TargetSpec.from_json(meta["target_spec"])
-    if meta.get("kind") == "cuda":
+    if meta.get("kind") == "vulkan":
+        values, latency = _run_vulkan(path, arrays, meta, repeat)
+        how = "vulkan (wgpu)"
+    elif meta.get("kind") == "cuda":
         raise QCompileError(f"{path}: a CUDA artifact runs only on a machine with an NVIDIA GPU and its driver")
-    if spec.toolchain.get("libc") == "bionic":
+    elif spec.toolchain.get("libc") == "bionic":
         raise QCompileError(f"{path}: '{meta['target']}' artifacts run on Android devices only (copy the bundle there)")
-    host = detect_host()
-    if meta["arch"] == host["arch"]:
+    elif meta["arch"] == (host := detect_host())["arch"]:
         lacking = _missing_features(meta, host)
         if lacking:
             raise QCompileError(f"{path}: built for '{meta['target']}', which needs CPU features this machine lacks: {', '.join(lacking)}")

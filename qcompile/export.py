@@ -46,7 +46,23 @@ median latency. Nothing else needs to be installed: the runner finds the librari
 """
 
 
+VULKAN_README = """# {name}: qcompile deploy bundle for {target}
+
+{description}
+
+Files: `model.vkz` (WGSL kernels, dispatch plan and weights), `vulkan_runtime.py` (the runner:
+numpy and wgpu, no TVM). On the device: `pip install numpy wgpu` and a Vulkan driver, then
+
+    from vulkan_runtime import VulkanModel
+    outputs = VulkanModel("model.vkz").run({{{inputs}}})
+
+Outputs: {output_names}.
+"""
+
+
 def write_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict) -> Path:
+    if spec.kind == "vulkan":
+        return _write_vulkan_bundle(spec, artifact, bundle, metadata)
     runtime = runtime_dir(spec)
     with atomic_dir(bundle) as tmp:
         shutil.copy2(artifact, tmp / "model.so")
@@ -59,4 +75,16 @@ def write_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict)
             input_files=" ".join(f"{t['name']}.npy" for t in metadata["inputs"]),
             output_names=", ".join(f"{i}: `{t['name']}`" for i, t in enumerate(metadata["outputs"])),
         ))
+    return Path(bundle)
+
+
+def _write_vulkan_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict) -> Path:
+    with atomic_dir(bundle) as tmp:
+        shutil.copy2(artifact, tmp / "model.vkz")
+        shutil.copy2(Path(__file__).resolve().parent / "vulkan_runtime.py", tmp / "vulkan_runtime.py")
+        (tmp / "model.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        (tmp / "README.md").write_text(VULKAN_README.format(
+            name=Path(metadata["source"]).stem, target=spec.name, description=spec.description,
+            inputs=", ".join(f'"{t["name"]}": x{i}' for i, t in enumerate(metadata["inputs"])),
+            output_names=", ".join(f"`{t['name']}`" for t in metadata["outputs"])))
     return Path(bundle)

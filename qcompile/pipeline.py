@@ -145,10 +145,18 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
         "float_weight_bytes": weight_bytes(float_mod),
         "tuning_records": str(records) if records is not None else None,
     }
-    executable = compile_module(mod, spec, records)
-    from .export import write_bundle, write_library
+    if spec.kind == "vulkan":
+        if records is not None:
+            raise QCompileError(f"target '{spec.name}': tuning records are not supported for the WGSL kernels")
+        from .wgsl import compile_vulkan, write_artifact
 
-    artifact = write_library(executable, spec, Path(output), meta)
+        artifact = write_artifact(Path(output), *compile_vulkan(mod, spec, imported.inputs, imported.outputs), meta)
+    else:
+        from .export import write_library
+
+        artifact = write_library(compile_module(mod, spec, records), spec, Path(output), meta)
+    from .export import write_bundle
+
     if mixed_result is not None:
         from .mixed_report import write_mixed
 

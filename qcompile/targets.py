@@ -29,6 +29,7 @@ class TargetSpec:
     schedule_family: str
     llvm: dict
     cuda: dict | None = None
+    webgpu: dict | None = None  # the vulkan kind: WGSL kernels run through wgpu (qcompile/wgsl.py)
     toolchain: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     source: Path | None = None
@@ -39,7 +40,7 @@ class TargetSpec:
 
     @property
     def kind(self) -> str:
-        return "cuda" if self.cuda else "llvm"
+        return "cuda" if self.cuda else "vulkan" if self.webgpu is not None else "llvm"
 
     def tvm_target(self):
         import tvm
@@ -105,7 +106,7 @@ def _from_toml(path: Path) -> TargetSpec:
         raise QCompileError(f"{path}: target file lacks {', '.join(missing or ['llvm.mtriple'])}")
     return TargetSpec(
         name=data["name"], description=data.get("description", ""), arch=arch, schedule_family=family,
-        llvm=llvm, cuda=data.get("cuda"), toolchain=data.get("toolchain", {}),
+        llvm=llvm, cuda=data.get("cuda"), webgpu=data.get("webgpu"), toolchain=data.get("toolchain", {}),
         runtime=data.get("runtime", {}), source=path,
     )
 

@@ -1,0 +1,235 @@
+"""Relax pass for the WGSL (Vulkan through WebGPU) family: the realized integer graph in the types
+WGSL has. WGSL has no 8-, 16- or 64-bit integers (TVM's WebGPU codegen narrows every index and
+constant to 32 bits); its integer dot product reads four int8 values packed in one 32-bit word.
+
+    astype(x, int8|uint8|int16)        -> astype(x, int32)        (values already clipped by realize)
+    quantize(x, s, zp, int8|uint8)     -> round(x / s) + zp clipped to the 8-bit range, held in int32
+    (astype(x, int64) * M + 2^(s-1)) >> s
+                                       -> the same 64-bit product, shift and rounding in 32-bit words
+    conv2d / matmul (int8 x, int8 W)   -> pack4(x) then sum of dot4I8Packed(x word, W word)
+                                          (W packed four input channels per word at compile time)
+
+Narrow tensors between kernels are held in int32. The dot-product kernels read their input once
+to pack it, four channels per word, and then only the packed words."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax import op as R
+
+from qcompile.quantize.ir import const_value, is_const, op_name, rewrite_main, tensor_dtype
+
+NARROW = ("int8", "uint8", "int16")
+DOT_KERNEL = "qcompile_dot4_conv"
+PACK_KERNEL = "qcompile_pack4"
+# pack4 reads four elements of its input: fused with the producer, the producer's arithmetic (with
+# its `let`s) would be inlined four times. An opaque pattern keeps it a kernel of its own.
+OPAQUE = {"op_pattern": 8}
+DOT_INTRINSIC = "dot4I8Packed"
+
+
+def _u32(v: int):
+    return tirx.const(v, "uint32")
+
+
+def pack_weight_words(w: np.ndarray) -> np.ndarray:
+    """int8 [O, C, ...] -> int32 words [O, ceil(C/4), ...]: channel 4k+j in byte j (zero-padded)."""
+    o, c = w.shape[:2]
+    c4 = -(-c // 4)
+    padded = np.zeros((o, c4 * 4, *w.shape[2:]), np.int8)
+    padded[:, :c] = w
+    moved = np.moveaxis(padded.reshape(o, c4, 4, *w.shape[2:]), 2, -1)
+    return np.ascontiguousarray(moved).view(np.int32).reshape(o, c4, *w.shape[2:])
+
+
+def pack4_te(x):
+    """int32 [N, C, ...] holding int8 values -> int32 words [N, ceil(C/4), ...]."""
+    n, c = x.shape[0], int(x.shape[1])
+    rest = list(x.shape[2:])
+
+    def word(i, k, *r):
+        v = _u32(0)
+        for j in range(4):
+            ch = k * 4 + j
+            byte = tirx.if_then_else(ch < c, x[(i, tirx.min(ch, c - 1), *r)], 0).astype("uint32") & _u32(0xFF)
+            v = v | (byte << _u32(8 * j))
+        return v.astype("int32")
+
+    return te.compute((n, (c + 3) // 4, *rest), word, name="pack4")
+
+
+def dot4_conv_te(xp, wp, *, strides, padding, dilation):
+    """NCHW conv of packed words: out[n, o, y, x] = sum over (c4, kh, kw) of dot4I8Packed."""
+    n, c4, h, w = xp.shape
+    o, _, kh, kw = wp.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    pt, pl, pb, pr = padding
+    oh = (int(h) + pt + pb - (int(kh) - 1) * dh - 1) // sh + 1
+    ow = (int(w) + pl + pr - (int(kw) - 1) * dw - 1) // sw + 1
+    rc, ry, rx = te.reduce_axis((0, c4), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+
+    def acc(i, oc, y, z):
+        iy, ix = y * sh + ry * dh - pt, z * sw + rx * dw - pl
+        inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
+        xw = tirx.if_then_else(inside, xp[i, rc, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)], 0)
+        dot = tirx.call_pure_extern("int32", DOT_INTRINSIC, xw.astype("uint32"), wp[oc, rc, ry, rx].astype("uint32"))
+        return te.sum(dot, axis=[rc, ry, rx])
+
+    return te.compute((n, o, oh, ow), acc, name="dot4_conv")
+
+
+def _lets(bindings: list, body):
+    """Nested `let`s: [(var, value), ...] in order, around body."""
+    for var, value in reversed(bindings):
+        body = tirx.Let(var, value, body)
+    return body
+
+
+def mul_shift_te(x, mult, shift):
+    """floor((x * mult + 2^(shift-1)) / 2^shift) for int32 x, 0 <= mult < 2^31, 1 <= shift <= 62,
+    exactly as realize's int64 arithmetic, in 32-bit words (16-bit limbs for the 64-bit product).
+    Every intermediate is a `let`: fused into a producer, `x` is computed once, not once per use."""
+
+    def at(t, idx):
+        return t[tuple(i if int(d) != 1 else 0 for i, d in zip(idx[len(idx) - len(t.shape):], t.shape))]
+
+    def f(*idx):
+        s, m = at(shift, idx), at(mult, idx).astype("uint32")
+        xv, ux, p00, p01, p10, mid, lo, hi, lo2, hi2 = (
+            tirx.Var(n, "int32" if n == "xv" else "uint32") for n in ("xv", "ux", "p00", "p01", "p10", "mid", "lo", "hi", "lo2", "hi2"))
+        a0, a1, b0, b1 = ux & _u32(0xFFFF), ux >> _u32(16), m & _u32(0xFFFF), m >> _u32(16)
+        low_round = tirx.Select(s <= 32, _u32(1) << tirx.min(tirx.max(s - 1, 0), 31).astype("uint32"), _u32(0))
+        high_round = tirx.Select(s > 32, _u32(1) << tirx.min(tirx.max(s - 33, 0), 31).astype("uint32"), _u32(0))
+        small_shift = tirx.min(tirx.max(s, 1), 31).astype("uint32")
+        big = hi2.astype("int32") >> tirx.min(tirx.max(s - 32, 0), 31)
+        small = ((lo2 >> small_shift) | (hi2 << (_u32(32) - small_shift))).astype("int32")
+        return _lets([
+            (xv, x[idx]), (ux, xv.astype("uint32")),
+            (p00, a0 * b0), (p01, a0 * b1), (p10, a1 * b0),
+            (mid, (p00 >> _u32(16)) + (p01 & _u32(0xFFFF)) + (p10 & _u32(0xFFFF))),
+            (lo, (mid << _u32(16)) | (p00 & _u32(0xFFFF))),
+            # uint32(x) = x + 2^32 when x < 0: take mult * 2^32 back off the high word
+            (hi, a1 * b1 + (p01 >> _u32(16)) + (p10 >> _u32(16)) + (mid >> _u32(16)) - tirx.Select(xv < 0, m, _u32(0))),
+            # the carry out of lo + low_round from bit 31 (a comparison `lo2 < lo` would be simplified
+            # away by TVM's arithmetic, which assumes additions never wrap)
+            (lo2, lo + low_round),
+            (hi2, hi + high_round + (((lo & low_round) | ((lo | low_round) & ~lo2)) >> _u32(31))),
+        ], tirx.Select(s >= 32, big, small))
+
+    return te.compute(x.shape, f, name="mul_shift")
+
+
+def quantize_te(x, scale, zp, *, axis: int, qmin: int, qmax: int):
+    """R.quantize's arithmetic (legalize_ops/qdq.py) with the 8-bit result held in int32."""
+
+    def value(t, idx):
+        return t[(0,) * len(t.shape)] if all(int(d) == 1 for d in t.shape) else t[idx[axis]]
+
+    def f(*idx):
+        q = te.round(x[idx] / value(scale, idx)) + value(zp, idx).astype("float32")
+        return te.max(te.min(q, tirx.const(qmax, "float32")), tirx.const(qmin, "float32")).astype("int32")
+
+    return te.compute(x.shape, f, name="quantized")
+
+
+class _Rewrite:
+    def __init__(self):
+        self.defs: dict = {}    # original var -> original value (to match the requantize chain)
+        self.narrow: set = set()  # new expressions that hold 8-bit values in int32
+
+    def _widened_consts(self, call):
+        args = [relax.const(const_value(a).astype(np.int32)) if is_const(a) and tensor_dtype(a) in NARROW else a
+                for a in call.args]
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    def _requantize(self, value):
+        """(x, M, s) when value is right_shift(add(multiply(astype(x, int64), M), R), s), R = 2^(s-1)."""
+        if op_name(value) != "right_shift" or not is_const(value.args[1]):
+            return None
+        add = self.defs.get(value.args[0])
+        mul = self.defs.get(add.args[0]) if op_name(add) == "add" else None
+        cast = self.defs.get(mul.args[0]) if op_name(mul) == "multiply" else None
+        if op_name(cast) != "astype" or not (is_const(add.args[1]) and is_const(mul.args[1])):
+            return None
+        m, r, s = (const_value(e).astype(np.int64) for e in (mul.args[1], add.args[1], value.args[1]))
+        if not (np.all(m >= 0) and np.all(m < 2**31) and np.all(s >= 1) and np.all(s <= 62)
+                and np.array_equal(np.broadcast_to(r, np.broadcast_shapes(r.shape, s.shape)),
+                                   np.broadcast_to(np.left_shift(np.int64(1), s - 1), np.broadcast_shapes(r.shape, s.shape)))):
+            return None
+        return cast.args[0], m.astype(np.int32), s.astype(np.int32)
+
+    def _dot_operands(self, value, x):
+        w = value.args[1]
+        return (x in self.narrow and is_const(w) and tensor_dtype(w) == "int8"
+                and str(value.attrs.out_dtype) == "int32")
+
+    def __call__(self, bb, var, value):
+        out = self._rewrite(bb, var, value)
+        self.defs[out] = value
+        return out
+
+    def _rewrite(self, bb, var, value):
+        name = op_name(value)
+        out_dtype = tensor_dtype(var)
+        if isinstance(value, relax.Var) or is_const(value):
+            if is_const(value) and tensor_dtype(value) in NARROW:
+                return relax.const(const_value(value).astype(np.int32))
+            return value
+        if name == "astype" and out_dtype in NARROW:
+            out = bb.emit(R.astype(value.args[0], "int32"), var.name)
+            self.narrow.add(out)
+            return out
+        if name == "quantize" and out_dtype in ("int8", "uint8"):
+            info = np.iinfo(out_dtype)
+            fn = functools.partial(quantize_te, axis=int(value.attrs.axis) % len(var.ty.shape.values),
+                                   qmin=int(info.min), qmax=int(info.max))
+            out = bb.emit_te(fn, *value.args, primfunc_name_hint="quantize", name_hint=var.name)
+            self.narrow.add(out)
+            return out
+        if (matched := self._requantize(value)) is not None:
+            x, m, s = matched
+            if tensor_dtype(x) != "int32":
+                x = bb.emit(R.astype(x, "int32"))
+            return bb.emit_te(mul_shift_te, x, relax.const(m), relax.const(s), primfunc_name_hint="requantize",
+                              name_hint=var.name)
+        if name == "nn.conv2d" and int(value.attrs.groups) == 1 and value.attrs.data_layout == "NCHW" \
+                and value.attrs.kernel_layout == "OIHW" and self._dot_operands(value, value.args[0]):
+            a = value.attrs
+            xp = bb.emit_te(pack4_te, value.args[0], primfunc_name_hint=PACK_KERNEL, primfunc_attrs=OPAQUE,
+                            name_hint=var.name + "_x4")
+            wp = relax.const(pack_weight_words(const_value(value.args[1])))
+            conv = {"strides": [int(v) for v in a.strides], "padding": [int(v) for v in a.padding],
+                    "dilation": [int(v) for v in a.dilation]}
+            return bb.emit_te(functools.partial(dot4_conv_te, **conv), xp, wp, primfunc_name_hint=DOT_KERNEL,
+                              name_hint=var.name)
+        if name == "matmul" and self._dot_operands(value, value.args[0]) and len(value.args[0].ty.shape.values) == 2 \
+                and const_value(value.args[1]).ndim == 2:
+            x, w = value.args[0], const_value(value.args[1])
+            m, k = (int(d) for d in x.ty.shape.values)
+            x4 = bb.emit(R.reshape(x, (m, k, 1, 1)))
+            xp = bb.emit_te(pack4_te, x4, primfunc_name_hint=PACK_KERNEL, primfunc_attrs=OPAQUE)
+            wp = relax.const(pack_weight_words(w.T.reshape(w.shape[1], k, 1, 1)))
+            conv = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}
+            y = bb.emit_te(functools.partial(dot4_conv_te, **conv), xp, wp, primfunc_name_hint=DOT_KERNEL)
+            return bb.emit(R.reshape(y, (m, w.shape[1])), var.name)
+        call = self._widened_consts(value) if isinstance(value, relax.Call) else value
+        out = bb.emit(call, var.name)
+        if name in ("nn.max_pool2d", "reshape", "squeeze", "expand_dims", "permute_dims", "nn.pad", "clip") and \
+                isinstance(value, relax.Call) and value.args[0] in self.narrow:
+            self.narrow.add(out)
+        return out
+
+
+def wgsl_int_pass():
+    """The module pass (then DeadCodeElimination drops the int64 chains the rewrite bypassed)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="qcompile.WGSLIntegers")
+    def _pass(mod, _ctx):
+        mod = rewrite_main(mod, _Rewrite())
+        return relax.transform.DeadCodeElimination()(mod)
+
+    return _pass

