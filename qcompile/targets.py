@@ -48,6 +48,8 @@ class TargetSpec:
         host = tvm.target.Target({"kind": "llvm", **self.llvm})
         if self.cuda:
             return tvm.target.Target({"kind": "cuda", **self.cuda}, host=host)
+        if self.webgpu is not None:  # Vulkan through WGSL (qcompile/wgsl.py)
+            return tvm.target.Target({"kind": "webgpu", **self.webgpu}, host={"kind": "llvm"})
         return host
 
     def features(self) -> list[str]:

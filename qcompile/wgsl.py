@@ -22,14 +22,11 @@ from .atomic import atomic_file
 from .errors import QCompileError
 
 FORMAT = "qcompile-wgsl/1"
-MAX_GRID_X = 65535
 _LAUNCH = re.compile(r'T\.launch_thread\("((?:blockIdx|threadIdx)\.[xyz])", (?:T\.int64\()?(\d+)')
 
 
 def webgpu_target(spec):
-    import tvm
-
-    return tvm.target.Target({"kind": "webgpu", **(spec.webgpu or {})}, host={"kind": "llvm"})
+    return spec.tvm_target()
 
 
 def schedule_module(mod, spec):
