@@ -60,6 +60,16 @@ def _flatten(value) -> list[np.ndarray]:
     return [arr for item in value for arr in _flatten(item)]
 
 
+def _median_ms(call, repeat: int) -> float | None:
+    """The median wall time of `repeat` calls, in ms (None for no repeats)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times) if times else None
+
+
 def _run_native(path: Path, arrays: list[np.ndarray], repeat: int) -> tuple[list[np.ndarray], float | None]:
     import tvm
     from tvm import relax
@@ -67,12 +77,7 @@ def _run_native(path: Path, arrays: list[np.ndarray], repeat: int) -> tuple[list
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(path.resolve())), tvm.cpu())
     args = [tvm.runtime.tensor(a) for a in arrays]
     outputs = _flatten(vm["main"](*args))
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        vm["main"](*args)
-        times.append((time.perf_counter() - start) * 1e3)
-    return outputs, (statistics.median(times) if times else None)
+    return outputs, _median_ms(lambda: vm["main"](*args), repeat)
 
 
 def _run_emulated(path: Path, arrays: list[np.ndarray], spec, repeat: int, bundle) -> tuple[list[np.ndarray], float | None]:
@@ -108,12 +113,7 @@ def _run_vulkan(path: Path, arrays: list[np.ndarray], meta: dict, repeat: int) -
         raise QCompileError(f"{path}: no Vulkan device found ({err}); install a Vulkan driver (Debian: mesa-vulkan-drivers)") from None
     named = dict(zip([t["name"] for t in meta["inputs"]], arrays))
     outputs = list(model.run(named).values())
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        model.run(named)
-        times.append((time.perf_counter() - start) * 1e3)
-    return outputs, (statistics.median(times) if times else None)
+    return outputs, _median_ms(lambda: model.run(named), repeat)
 
 
 def _missing_features(meta: dict, host: dict) -> list[str]:

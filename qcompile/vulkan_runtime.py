@@ -86,10 +86,6 @@ class VulkanModel:
                    for b, k in _BINDING.findall(wgsl)]
         return self.device.create_bind_group_layout(entries=entries)
 
-    @property
-    def input_names(self) -> list[str]:
-        return [i["name"] for i in self.plan["inputs"]]
-
     def run(self, inputs: dict) -> dict:
         for spec in self.plan["inputs"]:
             t = self.plan["tensors"][spec["tensor"]]
@@ -117,9 +113,6 @@ class VulkanModel:
             compute.dispatch_workgroups(*grid)
         compute.end()
         self.device.queue.submit([encoder.finish()])
-
-    def wait(self) -> None:
-        self.device.queue.on_submitted_work_done_sync()
 
 
 def _aligned(n: int) -> int:

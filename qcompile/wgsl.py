@@ -20,33 +20,21 @@ import numpy as np
 
 from .atomic import atomic_file
 from .errors import QCompileError
-
-FORMAT = "qcompile-wgsl/1"
+from .vulkan_runtime import FORMAT
 _LAUNCH = re.compile(r'T\.launch_thread\("((?:blockIdx|threadIdx)\.[xyz])", (?:T\.int64\()?(\d+)')
-
-
-def webgpu_target(spec):
-    return spec.tvm_target()
 
 
 def schedule_module(mod, spec):
     """Legalized, fused and scheduled for the GPU (dlight's rules; the int8 layers are the packed
     dot-product kernels of schedules/wgsl_int8.py, which dlight's matmul rule tiles in shared memory)."""
     import tvm
-    from tvm import relax
-    from tvm.s_tir import dlight as dl
+    from tvm.relax.backend.gpu_generic.pipeline import legalize_passes
 
     from schedules.wgsl_int8 import wgsl_int_pass
 
-    target = webgpu_target(spec)
+    target = spec.tvm_target()
     with target:
-        return tvm.transform.Sequential([
-            wgsl_int_pass(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
-            dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-                                    dl.gpu.Fallback()),
-        ])(mod)
+        return tvm.transform.Sequential([wgsl_int_pass(), *legalize_passes(target)])(mod)
 
 
 def _kernels(func, name: str, target) -> list[dict]:
@@ -74,7 +62,6 @@ def _kernels(func, name: str, target) -> list[dict]:
             extents = {tag: int(v) for tag, v in _LAUNCH.findall(kernel.script())}
             kernels.append({"entry": gv.name_hint, "wgsl": _one_kernel(source, gv.name_hint), "params": params,
                             "grid": [extents.get(f"blockIdx.{a}", 1) for a in "xyz"]})
-    # the host launches kernels in the order the device module lists them; make it explicit
     return kernels
 
 
@@ -117,7 +104,7 @@ def plan_module(mod, spec, input_names: list[str], output_names: list[str]):
 
     from .quantize.ir import const_value, is_const
 
-    target = webgpu_target(spec)
+    target = spec.tvm_target()
     planner = _Planner()
     main = mod["main"]
     for param, name in zip(main.params, input_names):

@@ -136,9 +136,16 @@ def quantize_te(x, scale, zp, *, axis: int, qmin: int, qmax: int):
     return te.compute(x.shape, f, name="quantized")
 
 
+def _emit_dot4(bb, x, weight_oihw: np.ndarray, conv: dict, name: str):
+    """pack4(x) as a kernel of its own, then the dot4I8Packed convolution against the packed weight."""
+    xp = bb.emit_te(pack4_te, x, primfunc_name_hint=PACK_KERNEL, primfunc_attrs=OPAQUE, name_hint=name + "_x4")
+    return bb.emit_te(functools.partial(dot4_conv_te, **conv), xp, relax.const(pack_weight_words(weight_oihw)),
+                      primfunc_name_hint=DOT_KERNEL, name_hint=name)
+
+
 class _Rewrite:
     def __init__(self):
-        self.defs: dict = {}    # original var -> original value (to match the requantize chain)
+        self.defs: dict = {}    # emitted expression -> the value it was emitted for (to match the requantize chain)
         self.narrow: set = set()  # new expressions that hold 8-bit values in int32
 
     def _widened_consts(self, call):
@@ -199,22 +206,16 @@ class _Rewrite:
         if name == "nn.conv2d" and int(value.attrs.groups) == 1 and value.attrs.data_layout == "NCHW" \
                 and value.attrs.kernel_layout == "OIHW" and self._dot_operands(value, value.args[0]):
             a = value.attrs
-            xp = bb.emit_te(pack4_te, value.args[0], primfunc_name_hint=PACK_KERNEL, primfunc_attrs=OPAQUE,
-                            name_hint=var.name + "_x4")
-            wp = relax.const(pack_weight_words(const_value(value.args[1])))
             conv = {"strides": [int(v) for v in a.strides], "padding": [int(v) for v in a.padding],
                     "dilation": [int(v) for v in a.dilation]}
-            return bb.emit_te(functools.partial(dot4_conv_te, **conv), xp, wp, primfunc_name_hint=DOT_KERNEL,
-                              name_hint=var.name)
+            return _emit_dot4(bb, value.args[0], const_value(value.args[1]), conv, var.name)
         if name == "matmul" and self._dot_operands(value, value.args[0]) and len(value.args[0].ty.shape.values) == 2 \
                 and const_value(value.args[1]).ndim == 2:
             x, w = value.args[0], const_value(value.args[1])
             m, k = (int(d) for d in x.ty.shape.values)
-            x4 = bb.emit(R.reshape(x, (m, k, 1, 1)))
-            xp = bb.emit_te(pack4_te, x4, primfunc_name_hint=PACK_KERNEL, primfunc_attrs=OPAQUE)
-            wp = relax.const(pack_weight_words(w.T.reshape(w.shape[1], k, 1, 1)))
+            x4 = bb.emit(R.reshape(x, (m, k, 1, 1)))  # x[M, K] @ W[K, N]: the 1x1 convolution of x
             conv = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}
-            y = bb.emit_te(functools.partial(dot4_conv_te, **conv), xp, wp, primfunc_name_hint=DOT_KERNEL)
+            y = _emit_dot4(bb, x4, w.T.reshape(w.shape[1], k, 1, 1), conv, var.name + "_conv")
             return bb.emit(R.reshape(y, (m, w.shape[1])), var.name)
         call = self._widened_consts(value) if isinstance(value, relax.Call) else value
         out = bb.emit(call, var.name)
