@@ -52,13 +52,12 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _text_page(rng, words: list[str], size: int):
     """A few lines of text at a random size, shade, font and place, with random contrast and noise."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig = plt.figure(figsize=(size / 100, size / 100), dpi=100)
+    fig = Figure(figsize=(size / 100, size / 100), dpi=100)  # not pyplot: leaves the caller's backend alone
+    canvas = FigureCanvasAgg(fig)
     font_size = rng.uniform(5, 16)
     x, y = rng.uniform(0, 0.4), rng.uniform(0.3, 0.95)
     for _ in range(rng.integers(1, 6)):
@@ -66,9 +65,8 @@ def _text_page(rng, words: list[str], size: int):
         fig.text(x, y, " ".join(words[start:start + rng.integers(2, 10)]), fontsize=font_size, va="top",
                  color=str(rng.uniform(0, 0.5)), family=rng.choice(["DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono"]))
         y -= font_size * 1.5 / size
-    fig.canvas.draw()
-    page = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32)
-    plt.close(fig)
+    canvas.draw()
+    page = np.asarray(canvas.buffer_rgba())[..., :3].astype(np.float32)
     page = page * rng.uniform(0.6, 1.0) + rng.normal(0, rng.uniform(0, 20), page.shape)
     return np.clip(page, 0, 255)
 

@@ -31,13 +31,11 @@ def layer_table_md(result) -> str:
 def plot_pareto(result, path: Path, measured: list[dict] | None = None) -> None:
     """Candidates (predicted cost vs simulated drop of the metric), uniform int8 and fp32 marked,
     the chosen configuration circled; `measured`: built points (label, cost, drop) drawn too."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     unit, scale = UNITS[result.objective]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))  # not pyplot: leaves the caller's backend alone
+    ax = fig.subplots()
     pts = sorted((c["predicted_cost"] * scale, c["simulated_drop"]) for c in result.candidates)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="tab:blue", label="ILP candidates (simulated)")
     for name, marker in (("int8", "s"), ("fp32", "^")):
@@ -57,7 +55,6 @@ def plot_pareto(result, path: Path, measured: list[dict] | None = None) -> None:
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def write_mixed(result, config_path: Path) -> list[Path]:

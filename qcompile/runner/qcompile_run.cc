@@ -3,7 +3,8 @@
 //
 //   qcompile_run MODEL.so OUT_DIR [--repeat N] IN0.npy [IN1.npy ...]
 //
-// Inputs are passed in the model's parameter order; outputs are written as OUT_DIR/output_<i>.npy.
+// Inputs are passed in the model's parameter order; outputs are written as OUT_DIR/output_<i>.npy
+// (OUT_DIR is created if missing).
 // With --repeat N, main runs N more times and the median latency in ms is printed as
 // "latency_ms_median=<value>".
 #include <tvm/ffi/container/array.h>
@@ -11,7 +12,10 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -166,6 +170,7 @@ int main(int argc, char** argv) {
     }
     std::vector<ffi::Tensor> outputs;
     CollectOutputs(result, &outputs);
+    if (mkdir(out_dir.c_str(), 0755) != 0 && errno != EEXIST) Fail(out_dir + ": cannot create the output folder");
     for (size_t i = 0; i < outputs.size(); ++i)
       WriteNpy(out_dir + "/output_" + std::to_string(i) + ".npy", outputs[i]);
     if (!times.empty()) {

@@ -1,0 +1,28 @@
+"""The notebooks run top to bottom, as a new user would run them: each in a fresh kernel, in an
+empty folder, its own asserts included. A failing cell fails the test with that cell's error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_the_three_notebooks_are_there():
+    assert [p.name for p in NOTEBOOKS] == ["01-quickstart.ipynb", "02-raspberry-pi.ipynb", "03-mixed-precision.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "outputs are not committed"
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "every notebook shows at least one plot"
+    assert any("ok" in o.get("text", "").split() for o in outputs if o.output_type == "stream"), \
+        "the notebook's own checks ran to their end"
