@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from importlib import metadata as pkg_metadata
 from pathlib import Path
 
-from .errors import QCompileError
+from .errors import QCompileError, compiling
 from .frontends import load_model
-from .frontends.common import last_line
 from .report import layer_table
 from .targets import get_target
 from .toolchain import compiler
@@ -29,9 +28,10 @@ def float_passes():
     from tvm import relax
 
     from .canonicalize import canonicalize_clip
+    from .fold_constants import FoldConstantsWithNumpy
 
     return [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-            relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
+            FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
             tvm.transform.module_pass(lambda mod, _ctx: canonicalize_clip(mod), opt_level=0, name="CanonicalizeClip"),
             relax.transform.DeadCodeElimination()]
 
@@ -73,12 +73,9 @@ def compile_module(mod, spec, records=None):
         from .records import trusted_database
 
         database = trusted_database(records, spec)
-    try:
-        with database if database is not None else contextlib.nullcontext():
-            return tvm.compile(mod, target=target,
-                               relax_pipeline=relax_pipeline(spec.schedule_family, target, tuned=database is not None))
-    except Exception as err:  # noqa: BLE001 - TVM's errors become one line for the user.
-        raise QCompileError(f"compiling for target '{spec.name}' failed: {last_line(err)}") from None
+    with compiling(spec), database if database is not None else contextlib.nullcontext():
+        return tvm.compile(mod, target=target,
+                           relax_pipeline=relax_pipeline(spec.schedule_family, target, tuned=database is not None))
 
 
 @dataclass
