@@ -31,7 +31,7 @@ import datasets as D  # noqa: E402
 
 import qcompile  # noqa: E402
 from qcompile.mixed import read_precision_config, search  # noqa: E402
-from qcompile.mixed_report import layer_table_md, write_mixed  # noqa: E402
+from qcompile.mixed_report import checked_table_md, layer_table_md, write_mixed  # noqa: E402
 from qcompile.pipeline import prepare  # noqa: E402
 from qcompile.quantize import QuantConfig  # noqa: E402
 from qcompile.quantize.sensitivity import as_tensors, run_batches, top1_metric  # noqa: E402
@@ -122,7 +122,10 @@ def write(sections: list[dict], seconds: float) -> None:
         key = "ms" if s["objective"] == "latency" else "bytes"
         gain = b["int8"][key] / m[key]
         below = b["int8"]["metric"] - m["metric"]
-        verdict = (f"{gain:.3f}x uniform int8 on the objective at equal or better accuracy" if s["better"] else
+        all_int8 = set(s["counts"]) == {"int8"}
+        verdict = ("the fastest configuration measured within the budget is uniform int8 itself: no mixed candidate "
+                   "beat it (timed candidates below)" if all_int8 else
+                   f"{gain:.3f}x uniform int8 on the objective at equal or better accuracy" if s["better"] else
                    f"{gain:.3f}x uniform int8 on the objective (worse), at {-below:.2f} points above uniform int8's "
                    f"accuracy: not better than uniform int8 on the objective" if below <= 0 else
                    f"{gain:.3f}x uniform int8 on the objective, but {below:.2f} points below "
@@ -135,8 +138,7 @@ def write(sections: list[dict], seconds: float) -> None:
                   f"| **mixed** | {m['metric']:.2f}% | {m['ms']:.3f} | {m['bytes'] / 1e3:.0f} | "
                   + ", ".join(f"{n} {p}" for p, n in sorted(s["counts"].items())) + " |", "",
                   f"Verdict: {verdict}. Search time {s['search_s'] / 60:.1f} min; {len(r.candidates)} ILP candidates, "
-                  f"{len(r.checked)} built and checked (" + ", ".join(
-                      f"drop {c['real_drop']:.2f} {'accepted' if c['accepted'] else 'rejected'}" for c in r.checked) + ").", "",
+                  f"{len(r.checked)} built and checked:", "", checked_table_md(r), "",
                   f"![pareto]({s['png']})", "", "<details><summary>per-layer table</summary>", "", layer_table_md(r), "",
                   "</details>", ""]
     RESULTS.mkdir(exist_ok=True)

@@ -1,9 +1,11 @@
 """Mixed precision: choose int4 / int8 / fp16 / fp32 per compute layer under a maximum drop of
 the top-1 metric, minimising measured latency or bytes, then build the choice.
 
-    sensitivity (quantize/sensitivity.py) -> per-layer cost (measured here) -> ILP sweep
-    (quantize/search.py) -> candidates checked in simulation, cheapest first -> the chosen one
-    built and its real metric checked against the budget (the next candidate if it fails)
+    sensitivity (quantize/sensitivity.py) -> per-layer cost (measured here) and, for latency, the
+    quantize/dequantize cost on each edge between layers -> ILP sweep (quantize/search.py) ->
+    candidates checked in simulation, cheapest first -> built, their real metric checked against
+    the budget; for latency the first few within budget (and uniform int8, when it is within) are
+    timed as whole models and the fastest wins, since per-layer sums only predict
 
 The choice is written as JSON ({"precisions": {layer: precision}, ...}) that `--precision-config`
 reads back to rebuild without searching."""
@@ -74,15 +76,34 @@ def layer_module(mod, node):
     return bb.get()
 
 
-def measure_layer_latency(mod, node, precision: str, spec, base) -> float:
-    """Microseconds of the layer's kernels at `precision` on this machine (median of 5)."""
-    import dataclasses
-
+def _vm(qmod, spec):
+    """`qmod` built for `spec`, loaded on this machine's CPU."""
     import tvm
     from tvm import relax
 
-    from .frontends.common import TensorInfo
     from .pipeline import compile_module
+
+    return relax.VirtualMachine(compile_module(qmod, spec), tvm.cpu())
+
+
+def _median_us(vm, args: list[np.ndarray]) -> float:
+    """Microseconds of one call of `vm`'s main (median of 5 repeats of >= 20 ms)."""
+    import tvm
+
+    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=20)
+    return float(np.median(timer(*[tvm.runtime.tensor(a) for a in args]).results)) * 1e6
+
+
+def _time_us(qmod, spec, args: list[np.ndarray]) -> float:
+    return _median_us(_vm(qmod, spec), args)
+
+
+def measure_layer_latency(mod, node, precision: str, spec, base) -> float:
+    """Microseconds of the layer's kernels at `precision` on this machine, float in and out (an
+    integer layer includes quantizing its input and dequantizing its output)."""
+    import dataclasses
+
+    from .frontends.common import TensorInfo
     from .quantize import quantize_module
     from .quantize.ir import tensor_shape
 
@@ -91,9 +112,63 @@ def measure_layer_latency(mod, node, precision: str, spec, base) -> float:
     sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     config = dataclasses.replace(base, precisions={node.name: precision}, skip_layers=frozenset(), progress=False)
     qmod, _ = quantize_module(single, [TensorInfo("x", shape, "float32")], [{"x": sample}], config, [node.name])
-    vm = relax.VirtualMachine(compile_module(qmod, spec), tvm.cpu())
-    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=20)
-    return float(np.median(timer(tvm.runtime.tensor(sample)).results)) * 1e6
+    return _time_us(qmod, spec, [sample])
+
+
+CONVERSION_SIZES = (4096, 1 << 20)
+
+
+def measure_conversions(spec) -> dict[str, list[float]]:
+    """{"quantize" | "dequantize": [a, b]}: microseconds for n elements as a + b * n, from two sizes
+    of a per-tensor int8 quantize (float -> int8) and dequantize (int8 -> float) on this machine."""
+    from tvm import relax
+    from tvm.relax import op as R
+
+    from .quantize.ir import const
+
+    fits = {}
+    for kind, dtype in (("quantize", "float32"), ("dequantize", "int8")):
+        times = []
+        for n in CONVERSION_SIZES:
+            x = relax.Var("x", relax.TensorType([n], dtype))
+            bb = relax.BlockBuilder()
+            with bb.function("main", [x]):
+                convert = R.quantize if kind == "quantize" else R.dequantize
+                out_dtype = "int8" if kind == "quantize" else "float32"
+                with bb.dataflow():
+                    y = bb.emit_output(convert(x, const(0.05, "float32"), const(0, "int32"), axis=0, out_dtype=out_dtype))
+                bb.emit_func_output(y)
+            times.append(_time_us(bb.get(), spec, [np.ones(n, dtype)]))
+        slope = max(times[1] - times[0], 0.0) / (CONVERSION_SIZES[1] - CONVERSION_SIZES[0])
+        fits[kind] = [max(times[0] - slope * CONVERSION_SIZES[0], 0.0), slope]
+    return fits
+
+
+def boundary_costs(mod, p, layers, measured: dict, conversions: dict) -> tuple[dict, list]:
+    """Per-layer latency without the quantize/dequantize that `measured` charged each integer layer
+    (it had float on both sides), and those conversions as edges (producer, consumer, dequantize,
+    quantize) between layers; a layer fed by the model's input, or feeding its output, keeps the
+    conversion on that side."""
+    from .quantize.ir import main_bindings, tensor_shape
+    from .quantize.search import INTEGER, layer_edges
+
+    defs = dict(main_bindings(mod))
+    nodes = {n.name: n for n in p.nodes}
+
+    def us(kind, var):
+        a, b = conversions[kind]
+        return a + b * float(np.prod(tensor_shape(var)))
+
+    q = {l.name: us("quantize", defs[nodes[l.name].members[0]].args[0]) for l in layers}
+    dq = {l.name: us("dequantize", nodes[l.name].members[-1]) for l in layers}
+    pairs = layer_edges(p, [l.name for l in layers])
+    fed = {b for _, b in pairs}
+    feeding = {a for a, _ in pairs}
+    cost = {}
+    for l in layers:
+        inner = q[l.name] * (l.name in fed) + dq[l.name] * (l.name in feeding)
+        cost[l.name] = {pr: max(t - inner, 0.0) if pr in INTEGER else t for pr, t in measured[l.name].items()}
+    return cost, [(a, b, dq[a], q[b]) for a, b in pairs]
 
 
 class Cache:
@@ -143,10 +218,11 @@ def _check_latency_target(spec) -> None:
 
 
 def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: str = "latency", base=None,
-           cache_dir=None, progress: bool = True, steps: int = 16) -> tuple[MixedResult, object]:
+           cache_dir=None, progress: bool = True, steps: int = 16, timed_candidates: int = 3) -> tuple[MixedResult, object]:
     """(result, quantized module of the chosen configuration). `prepared`: pipeline.prepare(...)
     without quantization; `calib`: calibration data (also the data the metric is measured on);
-    `labels`: one class per calibration sample (else top-1 agreement with the float model)."""
+    `labels`: one class per calibration sample (else top-1 agreement with the float model);
+    `timed_candidates`: for latency, how many candidates within budget are built and timed whole."""
     import dataclasses
 
     from .quantize import QuantConfig, quantize_module
@@ -187,6 +263,7 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
     has_int4_storage = _packs_int4(spec)
     allowed = {l.name: tuple(q for q in l.allowed() if q != "int4" or has_int4_storage) for l in layers}
     nodes = {n.name: n for n in p.nodes}
+    edges = []
     if objective == "size":
         cost = {l.name: {q: l.weight.size * BYTES_PER_WEIGHT[q] for q in allowed[l.name]} for l in layers}
     else:
@@ -198,34 +275,53 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
             for l, q in tqdm(jobs, desc="layer latency", unit="kernel", disable=not progress):
                 table.setdefault(l.name, {})[q] = measure_layer_latency(mod, nodes[l.name], q, spec, base)
             return table
-        cost = cache.get("latency_us", latencies)
+        cost, edges = boundary_costs(mod, p, layers, cache.get("latency_us", latencies),
+                                     cache.get("conversion_us", lambda: measure_conversions(spec)))
     noise = {n: {q: v["noise"] for q, v in t.items()} for n, t in sens.items()}
     groups = layer_groups(p, [l.name for l in layers])
     options = group_tables(groups, allowed, noise, cost)
 
     def scored(config):
         y = sim.run(config)
-        pn, pc = predicted(config, noise, cost)
+        pn, pc = predicted(config, noise, cost, edges)
         return {"precisions": config, "predicted_noise": pn, "predicted_cost": pc,
                 "simulated_noise": output_noise(y, sim.reference),
                 "simulated_drop": float_metric - top1_metric(y, sim.reference, labels)}
 
-    found = [scored(config) for config in candidates(groups, options, steps)]
+    found = [scored(config) for config in candidates(groups, options, steps, edges)]
     group_of = {n: i for i, g in enumerate(groups) for n in g}
     result = MixedResult({}, [], found, objective, max_drop, "top-1 accuracy" if labels is not None else
                          "top-1 agreement with float", float_metric,
                          uniform={u: scored({l.name: u for l in layers}) for u in ("int8", "fp32")})
 
-    for cand in sorted((c for c in found if c["simulated_drop"] <= max_drop), key=lambda c: c["predicted_cost"]):
+    pending = sorted((c for c in found if c["simulated_drop"] <= max_drop), key=lambda c: c["predicted_cost"])
+    int8 = result.uniform["int8"]
+    if objective == "latency" and int8["simulated_drop"] <= max_drop and int8["precisions"] not in [c["precisions"] for c in pending]:
+        pending.append(int8)  # the baseline a mixed choice must beat, timed beside the candidates
+    within, timed = [], 0
+    for cand in pending:
+        if objective == "latency" and cand is not int8 and timed >= timed_candidates:
+            continue
         config = dataclasses.replace(base, precisions=cand["precisions"], progress=False)
         qmod, report = quantize_module(mod, imported.inputs, batches, config, imported.layer_names)
-        drop = float_metric - top1_metric(run_batches(host_vm(qmod), as_tensors(batches, names)), sim.reference, labels)
-        result.checked.append({"precisions": cand["precisions"], "real_drop": drop, "accepted": drop <= max_drop})
-        if drop <= max_drop:
-            result.precisions = cand["precisions"]
-            result.layers = [{"name": l.name, "op": l.op, "group": group_of[l.name], "sensitivity": sens[l.name],
-                              objective: cost[l.name], "precision": result.precisions[l.name]} for l in layers]
-            return result, (qmod, report)
+        vm = _vm(qmod, spec) if objective == "latency" else host_vm(qmod)  # latency: spec runs here
+        drop = float_metric - top1_metric(run_batches(vm, as_tensors(batches, names)), sim.reference, labels)
+        checked = {"precisions": cand["precisions"], "real_drop": drop, "accepted": False}
+        result.checked.append(checked)
+        if drop > max_drop:
+            continue
+        within.append((checked, qmod, report))
+        if objective == "size":
+            break
+        checked["latency_us"] = _median_us(vm, [np.asarray(batches[0][n]) for n in names])
+        timed += cand is not int8
+    if within:
+        checked, qmod, report = min(within, key=lambda w: w[0].get("latency_us", 0.0))  # size: the first
+        checked["accepted"] = True
+        result.precisions = checked["precisions"]
+        result.layers = [{"name": l.name, "op": l.op, "group": group_of[l.name], "sensitivity": sens[l.name],
+                          objective: cost[l.name], "precision": result.precisions[l.name]} for l in layers]
+        return result, (qmod, report)
     raise QCompileError(f"no configuration keeps the {result.metric} drop within {max_drop} points "
                         f"(fp32 everywhere is always a candidate: the budget must be >= 0)")
 

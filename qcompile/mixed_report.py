@@ -8,7 +8,9 @@ from pathlib import Path
 
 from .atomic import atomic_file
 
-COST_NOTE = {"latency": "latency: the layer's kernels at that precision, measured on this machine",
+COST_NOTE = {"latency": "latency: the layer's kernels at that precision, measured on this machine, less the "
+                        "quantize/dequantize between two integer layers (charged on the edges between layers "
+                        "where an integer and a float layer meet)",
              "size": "size: the layer's weight bytes at that precision"}
 UNITS = {"latency": ("us", 1.0), "size": ("KB", 1e-3)}
 
@@ -25,6 +27,23 @@ def layer_table_md(result) -> str:
                 for p in (*precisions, "fp32")]
         rows.append(f"| {row['name']} | {row['op']} | {row['group']} | " + " | ".join(noise) + " | "
                     + " | ".join(cost) + f" | **{row['precision']}** |")
+    return "\n".join(rows)
+
+
+def checked_table_md(result) -> str:
+    """The candidates that were built: precision counts, real drop, whole-model latency, the verdict."""
+    timed = any("latency_us" in c for c in result.checked)
+    rows = ["| built candidate | real drop (points) |" + (" latency (ms) |" if timed else "") + " |",
+            "|---|---|" + ("---|" if timed else "") + "---|"]
+    for c in result.checked:
+        counts = {}
+        for p in c["precisions"].values():
+            counts[p] = counts.get(p, 0) + 1
+        cells = [", ".join(f"{n} {p}" for p, n in sorted(counts.items())), f"{c['real_drop']:.2f}"]
+        if timed:
+            cells.append(f"{c['latency_us'] / 1e3:.3f}" if "latency_us" in c else "-")
+        verdict = "**chosen**" if c["accepted"] else "over budget" if c["real_drop"] > result.max_drop else "slower"
+        rows.append("| " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(rows)
 
 
@@ -65,7 +84,8 @@ def write_mixed(result, config_path: Path) -> list[Path]:
         Path(tmp).write_text(json.dumps(result.to_json(), indent=2))
     text = (f"# Per-layer precision ({result.objective}, at most {result.max_drop} points of {result.metric})\n\n"
             f"Float {result.metric}: {result.float_metric:.2f}%. Noise: relative output noise with only that layer "
-            f"lowered; {COST_NOTE[result.objective]}.\n\n{layer_table_md(result)}\n\n![pareto]({png.name})\n")
+            f"lowered; {COST_NOTE[result.objective]}.\n\n{layer_table_md(result)}\n\n![pareto]({png.name})\n\n"
+            f"Built, with the real {result.metric} measured:\n\n{checked_table_md(result)}\n")
     with atomic_file(md) as tmp:
         Path(tmp).write_text(text)
     plot_pareto(result, png)

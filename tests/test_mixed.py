@@ -20,7 +20,8 @@ from qcompile.pipeline import float_passes
 from qcompile.quantize import QuantConfig, half_precision, quantize_module
 from qcompile.quantize.annotate import plan
 from qcompile.quantize.ir import const_value, is_const, main_bindings, op_name
-from qcompile.quantize.search import candidates, exhaustive, group_tables, layer_groups, predicted, solve
+from qcompile.quantize.search import (candidates, exhaustive, group_tables, layer_edges, layer_groups, predicted,
+                                      solve)
 
 FASHION = fashion_mnist_cnn_onnx()
 W = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype("float32")
@@ -117,6 +118,36 @@ def test_ilp_matches_exhaustive_search_and_honours_the_budget():
                 assert ilp["l0"] == ilp["l1"]
 
 
+def test_ilp_with_boundary_edges_matches_exhaustive_search():
+    """Quantize/dequantize costs on the edges between layers: the ILP's linearisation of
+    "integer on one side only" finds the same optimum as enumerating every configuration."""
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        names, allowed, noise, cost = _random_tables(rng, 5)
+        groups = [[n] for n in names] if trial % 2 else [names[:2], *[[n] for n in names[2:]]]
+        edges = [(a, b, rng.uniform(0, 3), rng.uniform(0, 3)) for a, b in itertools.combinations(names, 2)
+                 if rng.uniform() < 0.5]
+        options = group_tables(groups, allowed, noise, cost)
+        for budget in [0.0, 5e-5, 3e-4, 5e-3, 2e-2, 1.0]:
+            ilp, brute = solve(groups, options, budget, edges), exhaustive(groups, options, budget, edges)
+            assert (ilp is None) == (brute is None)
+            assert predicted(ilp, noise, cost, edges)[0] <= budget * (1 + 1e-9)
+            assert predicted(ilp, noise, cost, edges)[1] == pytest.approx(predicted(brute, noise, cost, edges)[1], rel=1e-9)
+
+
+def test_boundary_costs_keep_an_integer_chain_whole():
+    """a -> b -> c, each cheapest alone as fp32 for b; but b in fp32 between int8 neighbours pays a
+    dequantize and a quantize, so with the edges the chain stays int8."""
+    noise = {n: {"int8": 1e-4, "fp32": 0.0} for n in "abc"}
+    cost = {"a": {"int8": 1.0, "fp32": 4.0}, "b": {"int8": 2.0, "fp32": 1.5}, "c": {"int8": 1.0, "fp32": 4.0}}
+    allowed = {n: ("int8", "fp32") for n in "abc"}
+    groups = [["a"], ["b"], ["c"]]
+    options = group_tables(groups, allowed, noise, cost)
+    assert solve(groups, options, 1.0) == {"a": "int8", "b": "fp32", "c": "int8"}
+    edges = [("a", "b", 0.5, 0.5), ("b", "c", 0.5, 0.5)]
+    assert solve(groups, options, 1.0, edges) == {"a": "int8", "b": "int8", "c": "int8"}
+
+
 def test_known_answer_and_pareto_front():
     # Two layers: a is cheap to lower, b is sensitive. Budget 0.011: a to int4 (noise 0.01), b int8.
     noise = {"a": {"int4": 0.01, "int8": 0.001, "fp32": 0.0}, "b": {"int4": 0.5, "int8": 0.001, "fp32": 0.0}}
@@ -132,6 +163,16 @@ def test_known_answer_and_pareto_front():
     noises = [predicted(c, noise, cost)[0] for c in front]
     assert costs == sorted(costs, reverse=True) and noises == sorted(noises)  # cheaper only by more noise
     assert {"a": "int4", "b": "int4"} in front
+
+
+def test_edges_follow_the_fashion_cnn(fashion):
+    imported, mod, _, _ = fashion
+    p = plan(mod, imported.layer_names)
+    names = imported.layer_names
+    # conv0 -> conv1 -> conv2 -> (conv3, the residual add) -> conv4 -> gemm, through pools and adds
+    assert layer_edges(p, [n.name for n in p.nodes if n.kind == "compute"]) == [
+        (names[0], names[1]), (names[1], names[2]), (names[2], names[3]), (names[2], names[4]), (names[3], names[4]),
+        (names[4], names[5])]
 
 
 def test_residual_add_groups_its_producers(fashion):
@@ -175,3 +216,28 @@ def test_mixed_build_honours_the_budget_and_its_config_rebuilds_the_same_artifac
               "-o", tmp_path / "again.so")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "again.so").read_bytes() == (tmp_path / "mixed.so").read_bytes()
+
+
+def test_latency_search_times_its_choice_against_uniform_int8(tmp_path, fashion):
+    """The latency objective: conversions move from the layers to the edges, and the built
+    candidates within budget are timed whole beside uniform int8; the fastest is chosen."""
+    from qcompile.mixed import search
+    from qcompile.pipeline import prepare
+
+    _, _, x, y = fashion
+    np.savez(tmp_path / "data.npz", image=x)
+    prepared = prepare(FASHION, "host", {"image": [100, 1, 28, 28]})
+    result, _ = search(prepared, tmp_path / "data.npz", labels=y, max_drop=1.0, objective="latency",
+                       base=QuantConfig(progress=False), cache_dir=tmp_path / "cache", progress=False,
+                       timed_candidates=2)
+    cache = json.loads(next((tmp_path / "cache").glob("*.json")).read_text())
+    intercept, per_element = cache["conversion_us"]["quantize"]
+    assert per_element > 0 and intercept >= 0
+    for row in result.layers:  # an integer layer's cost no longer carries its own conversions
+        assert row["latency"]["int8"] <= cache["latency_us"][row["name"]]["int8"]
+    timed = [c for c in result.checked if "latency_us" in c]
+    int8 = {row["name"]: "int8" for row in result.layers}
+    assert int8 in [c["precisions"] for c in timed]  # uniform int8 is within 1 point here, so it is timed
+    chosen = next(c for c in result.checked if c["accepted"])
+    assert chosen["precisions"] == result.precisions and chosen["real_drop"] <= 1.0
+    assert chosen["latency_us"] == min(c["latency_us"] for c in timed)
