@@ -24,6 +24,7 @@ import numpy as np
 from .errors import QCompileError
 from .records import (TARGET, VERIFIED, best_records, check_target, open_database, read_json, record_counts,
                       workload_key, write_json)
+from .targets import get_target
 
 
 @dataclass
@@ -289,6 +290,9 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
 
     if trials < 1:
         raise QCompileError(f"--trials {trials}: must be at least 1")
+    if get_target(target).kind == "vulkan":
+        raise QCompileError(f"target '{target}': its WGSL kernels cannot be tuned (MetaSchedule has no runner for a "
+                            "wgpu device); build it without tuning, with its default GPU schedules")
     start = time.perf_counter()
     prepared = prepare(model, target, input_shapes, quantize, calib)
     spec = prepared.spec

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_file
-from .errors import QCompileError
+from .errors import QCompileError, compiling
 from .vulkan_runtime import FORMAT
 _LAUNCH = re.compile(r'T\.launch_thread\("((?:blockIdx|threadIdx)\.[xyz])", (?:T\.int64\()?(\d+)')
 
@@ -37,6 +37,9 @@ def schedule_module(mod, spec):
         return tvm.transform.Sequential([wgsl_int_pass(), *legalize_passes(target)])(mod)
 
 
+_LAUNCH_CALL = re.compile(r'T\.call_ffi_kernel\("(\w+)"')
+
+
 def _kernels(func, name: str, target) -> list[dict]:
     """One scheduled PrimFunc -> its device kernels: WGSL source, entry, parameter order, grid."""
     import tvm
@@ -45,7 +48,8 @@ def _kernels(func, name: str, target) -> list[dict]:
     mod = tvm.IRModule({name: func.with_attr("global_symbol", name)})
     mod = tvm.tirx.transform.BindTarget(target)(mod)
     pipeline, _, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
-    _, devices = split_host_device_mods(pipeline(mod))
+    host, devices = split_host_device_mods(pipeline(mod))
+    launches = _LAUNCH_CALL.findall(host.script())  # the host's launch order is the dispatch order
     buffers = {p.name: i for i, p in enumerate(func.params)}
     kernels = []
     for device_target, device_mod in devices.items():
@@ -56,13 +60,17 @@ def _kernels(func, name: str, target) -> list[dict]:
             for p in kernel.params:
                 base = p.name[:-4] if p.name.endswith("_ptr") else p.name
                 if base not in buffers:
-                    raise QCompileError(f"vulkan: kernel {gv.name_hint} takes a scalar parameter '{p.name}' "
-                                        "(only static shapes are supported)")
+                    raise QCompileError(f"vulkan: kernel {gv.name_hint} of {name} takes '{p.name}', which is not a "
+                                        "tensor of the function (a scalar, or a buffer between two of its kernels): "
+                                        "not supported")
                 params.append(buffers[base])
             extents = {tag: int(v) for tag, v in _LAUNCH.findall(kernel.script())}
             kernels.append({"entry": gv.name_hint, "wgsl": _one_kernel(source, gv.name_hint), "params": params,
                             "grid": [extents.get(f"blockIdx.{a}", 1) for a in "xyz"]})
-    return kernels
+    if sorted(launches) != sorted(k["entry"] for k in kernels):
+        raise QCompileError(f"vulkan: {name} launches {launches}, its device module has "
+                            f"{[k['entry'] for k in kernels]}")
+    return sorted(kernels, key=lambda k: launches.index(k["entry"]))
 
 
 def _one_kernel(source: str, entry: str) -> str:
@@ -184,15 +192,9 @@ def _plan_slots(tensors: list[dict], dispatches: list[dict]) -> list[int]:
 
 def compile_vulkan(mod, spec, inputs, outputs):
     """The artifact's parts for a Relax module: (plan, shader sources, constants)."""
-    try:
+    with compiling(spec):
         scheduled = schedule_module(mod, spec)
         return plan_module(scheduled, spec, [t.name for t in inputs], [t.name for t in outputs])
-    except QCompileError:
-        raise
-    except Exception as err:  # noqa: BLE001 - TVM's errors become one line for the user.
-        from .frontends.common import last_line
-
-        raise QCompileError(f"compiling for target '{spec.name}' failed: {last_line(err)}") from None
 
 
 def write_artifact(path: Path, plan: dict, shaders: list[str], consts: dict, metadata: dict) -> Path:

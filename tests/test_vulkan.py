@@ -133,3 +133,35 @@ def test_tuning_records_are_refused_for_vulkan(small_cnn_path, tmp_path):
     with pytest.raises(qcompile.QCompileError, match="tuning records are not supported"):
         qcompile.build(small_cnn_path, "vulkan", tmp_path / "m.vkz", records=tmp_path / "db")
     assert not (tmp_path / "m.vkz").exists()
+
+
+def test_tuning_for_vulkan_is_refused_in_one_line_before_any_work(small_cnn_path, tmp_path):
+    from qcompile.tune import tune
+
+    with pytest.raises(qcompile.QCompileError, match="WGSL kernels cannot be tuned"):
+        tune(small_cnn_path, "vulkan", tmp_path / "db", trials=2)
+    assert not (tmp_path / "db").exists()
+
+
+def _two_kernel_func(intermediate: bool):
+    from tvm import s_tir, te
+
+    a = te.placeholder((1024,), name="A")
+    b = te.compute((1024,), lambda i: a[i] * 2.0, name="B")
+    c = te.compute((1024,), lambda i: b[i] + 1.0, name="C")
+    sch = s_tir.Schedule(te.create_prim_func([a, c] if intermediate else [a, b, c]))
+    for block in ("B", "C"):
+        outer, inner = sch.split(sch.get_loops(sch.get_sblock(block))[0], [None, 64])
+        sch.bind(outer, "blockIdx.x")
+        sch.bind(inner, "threadIdx.x")
+    return sch.mod["main"]
+
+
+def test_a_function_of_two_kernels_dispatches_them_in_the_hosts_launch_order():
+    from qcompile.wgsl import _kernels
+
+    target = qcompile.get_target("vulkan").tvm_target()
+    kernels = _kernels(_two_kernel_func(False), "two", target)
+    assert [k["params"] for k in kernels] == [[0, 1], [1, 2]]  # B = 2A first, then C = B + 1
+    with pytest.raises(qcompile.QCompileError, match="a buffer between two of its kernels"):
+        _kernels(_two_kernel_func(True), "two", target)

@@ -92,7 +92,6 @@ class Simulator:
 
     def __init__(self, mod, p: Plan, qparams: dict[str, QParams], layers: list[Layer], batches: list[dict],
                  input_names: list[str], per_channel: bool = True):
-        import tvm
 
         from .calibrate import host_vm
 
