@@ -42,8 +42,8 @@ def _quantize(args) -> dict | None:
 
 def _mixed(args) -> dict | None:
     if args.quantize != "mixed":
-        if args.labels or args.precision_out:
-            raise QCompileError("--labels and --precision-out are used with --quantize mixed")
+        if args.labels or args.precision_out or args.rpc_tracker:
+            raise QCompileError("--labels, --precision-out and --rpc-tracker are used with --quantize mixed")
         return None
     if args.mode != "static":
         raise QCompileError("--quantize mixed builds integer kernels: --mode must be static")
@@ -53,7 +53,7 @@ def _mixed(args) -> dict | None:
 
     return {"labels": args.labels, "max_drop": args.max_accuracy_drop, "objective": args.objective,
             "config_out": args.precision_out, "progress": sys.stderr.isatty(),
-            "cache_dir": Path(args.search_cache).expanduser()}
+            "cache_dir": Path(args.search_cache).expanduser(), "rpc": _rpc(args)}
 
 
 def cmd_build(args) -> None:
@@ -79,13 +79,11 @@ def cmd_build(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from .tune import RPC, tune
+    from .tune import tune
 
-    if bool(args.rpc_tracker) != bool(args.rpc_key):
-        raise QCompileError("--rpc-tracker and --rpc-key go together")
+    rpc = _rpc(args)
     if args.quantize == "mixed":
         raise QCompileError("tune a mixed configuration as --quantize int8 --precision-config JSON (the search's output)")
-    rpc = RPC(args.rpc_tracker, args.rpc_key, args.rpc_timeout) if args.rpc_tracker else None
     result = tune(args.model, args.target, args.records, args.trials, input_shapes=_shapes(args.input_shape),
                   quantize=_quantize(args), calib=args.calib, rpc=rpc, seed=args.seed)
     width = max(len(t.name) for t in result.tasks) if result.tasks else 10
@@ -161,6 +159,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--bundle", metavar="DIR", help="also write a deploy bundle (runtime libraries, runner, README)")
     b.add_argument("--records", metavar="DIR", help="tuning records from `qcompile tune` (verified kernels replace default schedules)")
     _quantization_args(b)
+    _rpc_args(b.add_argument_group("remote measurement (--quantize mixed --objective latency)"),
+              ": the mixed search's latencies on a remote board")
     q = b.add_argument_group("report")
     q.add_argument("--report", metavar="JSON", help="write the per-layer report (precision, scales, sizes)")
     b.set_defaults(func=cmd_build)
@@ -171,9 +171,7 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials", type=int, default=64, help="measured trials per kernel (default 64)")
     tu.add_argument("--records", default="tuning-records", metavar="DIR", help="records folder (default tuning-records)")
     tu.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
-    tu.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered at this TVM RPC tracker")
-    tu.add_argument("--rpc-key", metavar="KEY", help="the devices' key at the tracker")
-    tu.add_argument("--rpc-timeout", type=int, default=30, help="seconds a remote measurement may take (default 30)")
+    _rpc_args(tu)
     tu.add_argument("--seed", type=int, default=0)
     _quantization_args(tu)
     tu.set_defaults(func=cmd_tune)
@@ -215,6 +213,20 @@ def _quantization_args(parser_) -> None:
                    "(default: the artifact's name with .precision.json)")
     m.add_argument("--search-cache", default="~/.cache/qcompile/mixed", metavar="DIR",
                    help="sensitivities and layer latencies are kept here between runs")
+
+
+def _rpc_args(group, purpose: str = "") -> None:
+    group.add_argument("--rpc-tracker", metavar="HOST:PORT", help=f"measure on devices registered at this TVM RPC tracker{purpose}")
+    group.add_argument("--rpc-key", metavar="KEY", help="the devices' key at the tracker")
+    group.add_argument("--rpc-timeout", type=int, default=30, help="seconds a remote measurement may take (default 30)")
+
+
+def _rpc(args):
+    from .tune import RPC
+
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise QCompileError("--rpc-tracker and --rpc-key go together")
+    return RPC(args.rpc_tracker, args.rpc_key, args.rpc_timeout) if args.rpc_tracker else None
 
 
 def _other_commands(sub) -> None:

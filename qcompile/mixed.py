@@ -76,34 +76,13 @@ def layer_module(mod, node):
     return bb.get()
 
 
-def _vm(qmod, spec):
-    """`qmod` built for `spec`, loaded on this machine's CPU."""
-    import tvm
-    from tvm import relax
-
-    from .pipeline import compile_module
-
-    return relax.VirtualMachine(compile_module(qmod, spec), tvm.cpu())
-
-
-def _median_us(vm, args: list[np.ndarray]) -> float:
-    """Microseconds of one call of `vm`'s main (median of 5 repeats of >= 20 ms)."""
-    import tvm
-
-    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=20)
-    return float(np.median(timer(*[tvm.runtime.tensor(a) for a in args]).results)) * 1e6
-
-
-def _time_us(qmod, spec, args: list[np.ndarray]) -> float:
-    return _median_us(_vm(qmod, spec), args)
-
-
-def measure_layer_latency(mod, node, precision: str, spec, base) -> float:
-    """Microseconds of the layer's kernels at `precision` on this machine, float in and out (an
-    integer layer includes quantizing its input and dequantizing its output)."""
+def measure_layer_latency(mod, node, precision: str, spec, base, device) -> float:
+    """Microseconds of the layer's kernels at `precision` on `device` (tune.measuring_device), float
+    in and out (an integer layer includes quantizing its input and dequantizing its output)."""
     import dataclasses
 
     from .frontends.common import TensorInfo
+    from .pipeline import compile_module
     from .quantize import quantize_module
     from .quantize.ir import tensor_shape
 
@@ -112,18 +91,19 @@ def measure_layer_latency(mod, node, precision: str, spec, base) -> float:
     sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     config = dataclasses.replace(base, precisions={node.name: precision}, skip_layers=frozenset(), progress=False)
     qmod, _ = quantize_module(single, [TensorInfo("x", shape, "float32")], [{"x": sample}], config, [node.name])
-    return _time_us(qmod, spec, [sample])
+    return device.vm_us(compile_module(qmod, spec), [sample])
 
 
 CONVERSION_SIZES = (4096, 1 << 20)
 
 
-def measure_conversions(spec) -> dict[str, list[float]]:
+def measure_conversions(spec, device) -> dict[str, list[float]]:
     """{"quantize" | "dequantize": [a, b]}: microseconds for n elements as a + b * n, from two sizes
-    of a per-tensor int8 quantize (float -> int8) and dequantize (int8 -> float) on this machine."""
+    of a per-tensor int8 quantize (float -> int8) and dequantize (int8 -> float) on `device`."""
     from tvm import relax
     from tvm.relax import op as R
 
+    from .pipeline import compile_module
     from .quantize.ir import const
 
     fits = {}
@@ -138,7 +118,7 @@ def measure_conversions(spec) -> dict[str, list[float]]:
                 with bb.dataflow():
                     y = bb.emit_output(convert(x, const(0.05, "float32"), const(0, "int32"), axis=0, out_dtype=out_dtype))
                 bb.emit_func_output(y)
-            times.append(_time_us(bb.get(), spec, [np.ones(n, dtype)]))
+            times.append(device.vm_us(compile_module(bb.get(), spec), [np.ones(n, dtype)]))
         slope = max(times[1] - times[0], 0.0) / (CONVERSION_SIZES[1] - CONVERSION_SIZES[0])
         fits[kind] = [max(times[0] - slope * CONVERSION_SIZES[0], 0.0), slope]
     return fits
@@ -218,13 +198,19 @@ def _check_latency_target(spec) -> None:
 
 
 def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: str = "latency", base=None,
-           cache_dir=None, progress: bool = True, steps: int = 16, timed_candidates: int = 3) -> tuple[MixedResult, object]:
+           cache_dir=None, progress: bool = True, steps: int = 16, timed_candidates: int = 3,
+           rpc=None) -> tuple[MixedResult, object]:
     """(result, quantized module of the chosen configuration). `prepared`: pipeline.prepare(...)
     without quantization; `calib`: calibration data (also the data the metric is measured on);
     `labels`: one class per calibration sample (else top-1 agreement with the float model);
-    `timed_candidates`: for latency, how many candidates within budget are built and timed whole."""
+    `timed_candidates`: for latency, how many candidates within budget are built and timed whole;
+    `rpc` (tune.RPC): measure latencies on a device at a TVM RPC tracker instead of this machine."""
     import dataclasses
 
+    import tvm
+    from tvm import relax
+
+    from .pipeline import compile_module
     from .quantize import QuantConfig, quantize_module
     from .quantize.annotate import annotate, plan
     from .quantize.calib_data import load_calibration
@@ -238,8 +224,13 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
     if not max_drop >= 0:
         raise QCompileError(f"--max-accuracy-drop must be a number of points >= 0, not {max_drop}")
     spec, imported, mod = prepared.spec, prepared.imported, prepared.float_mod
+    device = None
     if objective == "latency":
-        _check_latency_target(spec)
+        from .tune import measuring_device
+
+        if rpc is None:
+            _check_latency_target(spec)
+        device = measuring_device(spec, rpc)
     base = dataclasses.replace(base or QuantConfig(), mode="static", precisions={})
     names = [t.name for t in imported.inputs]
     batches = load_calibration(calib, imported.inputs)
@@ -273,10 +264,10 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
             table = {}
             jobs = [(l, q) for l in layers for q in allowed[l.name]]
             for l, q in tqdm(jobs, desc="layer latency", unit="kernel", disable=not progress):
-                table.setdefault(l.name, {})[q] = measure_layer_latency(mod, nodes[l.name], q, spec, base)
+                table.setdefault(l.name, {})[q] = measure_layer_latency(mod, nodes[l.name], q, spec, base, device)
             return table
         cost, edges = boundary_costs(mod, p, layers, cache.get("latency_us", latencies),
-                                     cache.get("conversion_us", lambda: measure_conversions(spec)))
+                                     cache.get("conversion_us", lambda: measure_conversions(spec, device)))
     noise = {n: {q: v["noise"] for q, v in t.items()} for n, t in sens.items()}
     groups = layer_groups(p, [l.name for l in layers])
     options = group_tables(groups, allowed, noise, cost)
@@ -304,7 +295,9 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
             continue
         config = dataclasses.replace(base, precisions=cand["precisions"], progress=False)
         qmod, report = quantize_module(mod, imported.inputs, batches, config, imported.layer_names)
-        vm = _vm(qmod, spec) if objective == "latency" else host_vm(qmod)  # latency: spec runs here
+        executable = compile_module(qmod, spec) if objective == "latency" else None
+        local = executable is not None and rpc is None  # latency here: the target runs on this machine
+        vm = relax.VirtualMachine(executable, tvm.cpu()) if local else host_vm(qmod)
         drop = float_metric - top1_metric(run_batches(vm, as_tensors(batches, names)), sim.reference, labels)
         checked = {"precisions": cand["precisions"], "real_drop": drop, "accepted": False}
         result.checked.append(checked)
@@ -313,7 +306,7 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
         within.append((checked, qmod, report))
         if objective == "size":
             break
-        checked["latency_us"] = _median_us(vm, [np.asarray(batches[0][n]) for n in names])
+        checked["latency_us"] = device.vm_us(executable, [np.asarray(batches[0][n]) for n in names])
         timed += cand is not int8
     if within:
         checked, qmod, report = min(within, key=lambda w: w[0].get("latency_us", 0.0))  # size: the first

@@ -66,7 +66,7 @@ def plot_pareto(result, path: Path, measured: list[dict] | None = None) -> None:
         ax.plot(chosen["predicted_cost"] * scale, chosen["simulated_drop"], "o", mfc="none", mec="k", ms=14, label="chosen")
     for m in measured or []:
         ax.plot(m["cost"] * scale, m["drop"], "x", ms=9, color=m.get("color", "tab:green"), label=m["label"])
-    ax.axhline(result.max_drop, ls="--", color="gray", lw=1, label=f"budget ({result.max_drop} points)")
+    ax.axhline(result.max_drop, ls="--", color="gray", lw=1, label=f"budget ({result.max_drop:g} points)")
     ax.set_xlabel(f"{result.objective} ({unit}, per-layer sum)" if result.objective == "latency" else f"weights ({unit})")
     ax.set_ylabel(f"drop of {result.metric} (points)")
     ax.legend(fontsize=7)
@@ -82,7 +82,7 @@ def write_mixed(result, config_path: Path) -> list[Path]:
     md, png = config_path.with_suffix(".md"), config_path.with_suffix(".png")
     with atomic_file(config_path) as tmp:
         Path(tmp).write_text(json.dumps(result.to_json(), indent=2))
-    text = (f"# Per-layer precision ({result.objective}, at most {result.max_drop} points of {result.metric})\n\n"
+    text = (f"# Per-layer precision ({result.objective}, at most {result.max_drop:g} points of {result.metric})\n\n"
             f"Float {result.metric}: {result.float_metric:.2f}%. Noise: relative output noise with only that layer "
             f"lowered; {COST_NOTE[result.objective]}.\n\n{layer_table_md(result)}\n\n![pareto]({png.name})\n\n"
             f"Built, with the real {result.metric} measured:\n\n{checked_table_md(result)}\n")

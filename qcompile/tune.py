@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QCompileError
+from .frontends.common import last_line
 from .records import (TARGET, VERIFIED, best_records, check_target, open_database, read_json, record_counts,
                       workload_key, write_json)
 from .targets import get_target
@@ -122,8 +123,11 @@ def extract_tasks(mod, spec, target) -> list[tuple[str, object]]:
 def _check_tracker(rpc: RPC, resume_hint: str = "") -> None:
     from tvm import rpc as tvm_rpc
 
+    import socket
+
     host, port = rpc.host_port
-    try:
+    try:  # TVM's client retries a dead address for a minute, logging each try: ask once first
+        socket.create_connection((host, port), timeout=5).close()
         summary = tvm_rpc.connect_tracker(host, port).summary()
     except Exception:  # noqa: BLE001
         raise QCompileError(f"--rpc-tracker {rpc.tracker}: no RPC tracker answers there") from None
@@ -229,6 +233,11 @@ def _verify(task_mod, record, target, device, family: str) -> tuple[float, float
     return float(max(diffs, default=0.0)), times[1], times[2]
 
 
+def _vm_us(vm, device, tensors) -> float:
+    timer = vm.time_evaluator("main", device, number=1, repeat=5, min_repeat_ms=20)
+    return float(np.median(timer(*tensors).results)) * 1e6
+
+
 def _time_us(module, device, tensors) -> float:
     return float(module.time_evaluator("main", device, number=20, repeat=5, min_repeat_ms=10)(*tensors).median * 1e6)
 
@@ -247,6 +256,12 @@ class _LocalDevice:
     def run(self, lib, tensors, timed=False):
         lib["main"](*tensors)
         return _time_us(lib.mod, self.dev, tensors) if timed else None
+
+    def vm_us(self, executable, arrays) -> float:
+        """Microseconds of a Relax VM executable's main here (median of 5 repeats of >= 20 ms)."""
+        from tvm import relax
+
+        return _vm_us(relax.VirtualMachine(executable, self.dev), self.dev, [self.tensor(a) for a in arrays])
 
 
 class _RemoteDevice:
@@ -271,6 +286,27 @@ class _RemoteDevice:
         remote = self.session.load_module(name)
         remote["main"](*tensors)
         return _time_us(remote, self.dev, tensors) if timed else None
+
+    def vm_us(self, executable, arrays) -> float:
+        """Microseconds of a Relax VM executable's main on the device (cross-linked here, uploaded)."""
+        from tvm import relax
+
+        self.uploads += 1
+        name = f"model_{self.uploads}.so"
+        self.session.upload(_export(self.spec_json, executable), target=name)
+        vm = relax.VirtualMachine(self.session.load_module(name), self.dev)
+        return _vm_us(vm, self.dev, [self.tensor(a) for a in arrays])
+
+
+def measuring_device(spec, rpc: RPC | None):
+    """This machine, or a device of `rpc`'s key at its tracker (a one-line error if none is free)."""
+    if rpc is None:
+        return _LocalDevice()
+    _check_tracker(rpc)
+    try:
+        return _RemoteDevice(rpc, spec)
+    except Exception as err:  # noqa: BLE001 - the tracker's errors become one line
+        raise QCompileError(f"--rpc-key {rpc.key}: no device could be reached at {rpc.tracker} ({last_line(err)})") from None
 
 
 def tune(model, target: str = "host", records="tuning-records", trials: int = 64, *, input_shapes=None,

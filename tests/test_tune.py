@@ -201,3 +201,30 @@ def test_rpc_tuning_on_an_aarch64_device_under_qemu(tmp_path, small_cnn_path, tr
     built = qc("build", small_cnn_path, "--target", "rpi5", "-o", tmp_path / "m.so", "--records", records, *SHAPE,
                "--quantize", "int8", "--calib", calib)
     assert built.returncode == 0, built.stderr
+
+
+def test_mixed_latency_search_measures_on_an_aarch64_device_under_qemu(tmp_path, small_cnn_path, tracker, calib):
+    """--quantize mixed --objective latency for rpi5, with the board at a tracker: every layer's
+    kernels, the conversions and the whole candidates are cross-compiled here and timed there."""
+    port, server = tracker
+    server("rpi5", aarch64=True)
+    _wait_free(port, "rpi5", 1, seconds=180)
+    proc = qc("build", small_cnn_path, "--target", "rpi5", *SHAPE, "--quantize", "mixed", "--calib", calib,
+              "--objective", "latency", "--max-accuracy-drop", "100", "--search-cache", tmp_path / "cache",
+              "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi5", "--rpc-timeout", "60", "-o", tmp_path / "m.so")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "m.precision.json").read_text())
+    cache = json.loads(next((tmp_path / "cache").glob("*.json")).read_text())
+    assert set(cache["latency_us"]) == set(config["precisions"])  # every layer timed on the board
+    assert all(t > 0 for row in cache["latency_us"].values() for t in row.values())
+    assert cache["conversion_us"]["quantize"][1] > 0
+    timed = [c for c in config["checked"] if "latency_us" in c]
+    chosen = next(c for c in config["checked"] if c["accepted"])
+    assert chosen["latency_us"] == min(c["latency_us"] for c in timed)
+
+
+def test_mixed_search_with_an_rpc_tracker_and_no_device_is_one_line(tmp_path, small_cnn_path, calib):
+    proc = qc("build", small_cnn_path, "--target", "rpi5", *SHAPE, "--quantize", "mixed", "--calib", calib,
+              "--rpc-tracker", "127.0.0.1:9", "--rpc-key", "rpi5", "-o", tmp_path / "m.so")
+    assert_one_line_error(proc, "--rpc-tracker 127.0.0.1:9")
+    assert not (tmp_path / "m.so").exists()
