@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datasets as D  # noqa: E402
+from qcompile.execute import load_library  # noqa: E402
 from qcompile.peer import ORT_METHODS, ort_quantize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.md"
@@ -38,7 +39,7 @@ def tvm_predict(artifact: Path, batches: list[np.ndarray], input_name: str) -> n
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact)), tvm.cpu())
+    vm = relax.VirtualMachine(load_library(artifact), tvm.cpu())
     return np.concatenate([vm["main"](tvm.runtime.tensor(np.ascontiguousarray(b))).numpy() for b in batches])
 
 

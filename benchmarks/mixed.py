@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 import datasets as D  # noqa: E402
 
 import qcompile  # noqa: E402
+from qcompile.execute import load_library  # noqa: E402
 from qcompile.mixed import read_precision_config, search  # noqa: E402
 from qcompile.mixed_report import checked_table_md, layer_table_md, write_mixed  # noqa: E402
 from qcompile.pipeline import prepare  # noqa: E402
@@ -44,7 +45,7 @@ def measure(artifact: Path, x: np.ndarray, batch: int) -> tuple[np.ndarray, floa
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact)), tvm.cpu())
+    vm = relax.VirtualMachine(load_library(artifact), tvm.cpu())
     y = run_batches(vm, as_tensors([{"image": x[i:i + batch]} for i in range(0, len(x), batch)], ["image"]))
     timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=30, min_repeat_ms=50)
     ms = float(np.median(timer(tvm.runtime.tensor(np.ascontiguousarray(x[:batch]))).results)) * 1e3

@@ -32,6 +32,7 @@ from float_baseline import median_ms  # noqa: E402
 
 import qcompile  # noqa: E402
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx  # noqa: E402
+from qcompile.execute import load_library  # noqa: E402
 from qcompile.peer import ort_quantize  # noqa: E402
 from qcompile.targets import detect_host  # noqa: E402
 from qcompile.tune import tune  # noqa: E402
@@ -56,7 +57,7 @@ def _qcompile_ms(artifact: Path, x: np.ndarray, repeat: int) -> float:
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact)), tvm.cpu())
+    vm = relax.VirtualMachine(load_library(artifact), tvm.cpu())
     arg = tvm.runtime.tensor(x)
     return median_ms(lambda: vm["main"](arg), repeat)
 

@@ -70,11 +70,38 @@ def _median_ms(call, repeat: int) -> float | None:
     return statistics.median(times) if times else None
 
 
+_LOADED = None  # this process's folder of loaded libraries, by content
+
+
+def load_library(path):
+    """tvm.runtime.load_module for an artifact that may have been rebuilt at the same path since
+    this process last loaded it: dlopen hands back the library already loaded under a name, so the
+    file is loaded under the name of its content's hash (a private copy, removed at exit)."""
+    import atexit
+    import hashlib
+    import os
+    import tempfile
+
+    import tvm
+
+    global _LOADED
+    if _LOADED is None:
+        _LOADED = Path(tempfile.mkdtemp(prefix="qcompile-loaded-"))
+        atexit.register(shutil.rmtree, _LOADED, True)
+    data = Path(path).read_bytes()
+    copy = _LOADED / f"{hashlib.sha256(data).hexdigest()[:32]}.so"
+    if not copy.exists():
+        tmp = copy.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, copy)
+    return tvm.runtime.load_module(str(copy))
+
+
 def _run_native(path: Path, arrays: list[np.ndarray], repeat: int) -> tuple[list[np.ndarray], float | None]:
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path.resolve())), tvm.cpu())
+    vm = relax.VirtualMachine(load_library(path), tvm.cpu())
     args = [tvm.runtime.tensor(a) for a in arrays]
     outputs = _flatten(vm["main"](*args))
     return outputs, _median_ms(lambda: vm["main"](*args), repeat)

@@ -168,3 +168,18 @@ def test_not_an_artifact(tmp_path, small_cnn_path):
         qcompile.inspect(small_cnn_path)
     with pytest.raises(QCompileError, match="no such artifact"):
         qcompile.run(tmp_path / "none.so", {})
+
+
+def test_a_rebuild_at_the_same_path_runs_the_new_library(small_cnn_path, tmp_path):
+    """dlopen returns the library already loaded under a path: without care, a script that builds,
+    runs, rebuilds and runs again in one process would run the first build twice."""
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    quantized = {"quantize": {"progress": False}, "calib": tmp_path / "calib.npz", "input_shapes": {"x": [2, 1, 8, 8]}}
+    float_out = qcompile.run(qcompile.build(small_cnn_path, "host", tmp_path / "m.so").artifact, {"x": x[:1]}).outputs
+    qcompile.build(small_cnn_path, "host", tmp_path / "m.so", **quantized)
+    int8_out = qcompile.run(tmp_path / "m.so", {"x": x}).outputs
+    elsewhere = qcompile.build(small_cnn_path, "host", tmp_path / "other.so", **quantized)
+    assert read_metadata(tmp_path / "m.so")["quantization"] is not None
+    np.testing.assert_array_equal(int8_out["logits"], qcompile.run(elsewhere.artifact, {"x": x}).outputs["logits"])
+    assert not np.array_equal(int8_out["logits"][:1], float_out["logits"])

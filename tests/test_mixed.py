@@ -15,6 +15,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+from qcompile.execute import load_library
 from qcompile.frontends import load_model
 from qcompile.pipeline import float_passes
 from qcompile.quantize import QuantConfig, half_precision, quantize_module
@@ -203,7 +204,7 @@ def test_mixed_build_honours_the_budget_and_its_config_rebuilds_the_same_artifac
 
     # the built artifact itself keeps top-1 within the budget of float on the same data
     def top1(path):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+        vm = relax.VirtualMachine(load_library(path), tvm.cpu())
         return np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + 100])).numpy() for i in range(0, 300, 100)]).argmax(1)
 
     assert qc("build", FASHION, "--input-shape", "image:100,1,28,28", "-o", tmp_path / "float.so").returncode == 0

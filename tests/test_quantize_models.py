@@ -20,6 +20,7 @@ from qcompile.quantize.ir import main_bindings, op_name, tensor_dtype
 from qcompile.quantize.params import weight_qparams
 
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+from qcompile.execute import load_library
 from schedules.int8_packed import pack_weight
 from schedules.intrinsics import KERNELS
 
@@ -64,7 +65,7 @@ def artifacts(tmp_path_factory, calib_npz):
 def _predict(artifact, x):
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact)), tvm.cpu())
+    vm = relax.VirtualMachine(load_library(artifact), tvm.cpu())
     return np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + BATCH])).numpy() for i in range(0, len(x), BATCH)])
 
 
