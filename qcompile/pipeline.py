@@ -143,11 +143,14 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
         "tuning_records": str(records) if records is not None else None,
     }
     if spec.kind == "vulkan":
-        if records is not None:
-            raise QCompileError(f"target '{spec.name}': tuning records are not supported for the WGSL kernels")
         from .wgsl import compile_vulkan, write_artifact
 
-        artifact = write_artifact(Path(output), *compile_vulkan(mod, spec, imported.inputs, imported.outputs), meta)
+        database = None
+        if records is not None:
+            from .records import trusted_database
+
+            database = trusted_database(records, spec)
+        artifact = write_artifact(Path(output), *compile_vulkan(mod, spec, imported.inputs, imported.outputs, database), meta)
     else:
         from .export import write_library
 

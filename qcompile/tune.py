@@ -93,6 +93,10 @@ def _export(spec_json: dict, mod) -> str:
 def tuning_target(spec, num_cores: int | None = None):
     import tvm
 
+    if spec.kind == "vulkan":
+        from .wgsl_tune import search_target
+
+        return search_target(spec)
     if spec.kind != "llvm":
         raise QCompileError(f"target '{spec.name}': tuning runs on CPU targets (llvm); {spec.kind} kernels use TVM's GPU schedules")
     cores = num_cores or (os.cpu_count() or 1)
@@ -326,9 +330,10 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
 
     if trials < 1:
         raise QCompileError(f"--trials {trials}: must be at least 1")
-    if get_target(target).kind == "vulkan":
-        raise QCompileError(f"target '{target}': its WGSL kernels cannot be tuned (MetaSchedule has no runner for a "
-                            "wgpu device); build it without tuning, with its default GPU schedules")
+    vulkan = get_target(target).kind == "vulkan"
+    if vulkan and rpc is not None:
+        raise QCompileError(f"target '{target}': --rpc-tracker measures on CPU boards; Vulkan kernels are measured "
+                            "on this machine's Vulkan device")
     start = time.perf_counter()
     prepared = prepare(model, target, input_shapes, quantize, calib)
     spec = prepared.spec
@@ -346,9 +351,14 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
     tasks = extract_tasks(prepared.mod, spec, ms_target)
     counts = record_counts(database)
     todo = [(name, mod, max(0, trials - counts.get(workload_key(mod), 0))) for name, mod in tasks]
-    builder = ms.builder.LocalBuilder(f_build=_build, f_export=functools.partial(_export, spec.to_json()),
-                                      max_workers=1, timeout_sec=120)
-    runner = _runner(rpc)
+    if vulkan:
+        from .wgsl_tune import WGSLBuilder, WGSLRunner, gpu_space
+
+        builder, runner = WGSLBuilder(spec.tvm_target()), WGSLRunner()
+    else:
+        builder = ms.builder.LocalBuilder(f_build=_build, f_export=functools.partial(_export, spec.to_json()),
+                                          max_workers=1, timeout_sec=120)
+        runner = _runner(rpc)
     state = {"trials": 0, "failed": 0, "task": ""}
     result = TuneResult(records)
     bar = tqdm(total=sum(n for _, _, n in todo), unit="trial", desc=f"tuning {Path(str(model)).name} for {spec.name}",
@@ -361,7 +371,8 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
             if rpc is not None and index:
                 _check_tracker(rpc, f"; {state['trials']} trials are kept in {records}: run the same command again to resume")
             state.update(task=name, best_ms=None)
-            context = ms.TuneContext(mod=mod, target=ms_target, space_generator=tuning_space(spec.schedule_family) if is_packed_kernel(mod) else _space(),
+            space = gpu_space() if vulkan else tuning_space(spec.schedule_family) if is_packed_kernel(mod) else _space()
+            context = ms.TuneContext(mod=mod, target=ms_target, space_generator=space,
                                      search_strategy=_strategy(trials), task_name=name, num_threads=1,
                                      rand_state=seed + index)
             before_failed, before_trials = state["failed"], state["trials"]
@@ -401,8 +412,14 @@ def _verify_all(tasks, database, records, target, rpc, spec) -> list[TaskResult]
         trace_key = str(record.trace)
         verdict = verdicts.get(key)
         if verdict is None or verdict.get("trace") != trace_key or "default_us" not in verdict:
-            device = device or (_LocalDevice() if rpc is None else _RemoteDevice(rpc, spec))
-            diff, tuned_us, default_us = _verify(mod, record, target, device, spec.schedule_family)
+            if spec.kind == "vulkan":
+                from .wgsl_tune import KernelDevice, verify
+
+                device = device or KernelDevice()
+                diff, tuned_us, default_us = verify(mod, record, spec.tvm_target(), device)
+            else:
+                device = device or (_LocalDevice() if rpc is None else _RemoteDevice(rpc, spec))
+                diff, tuned_us, default_us = _verify(mod, record, target, device, spec.schedule_family)
             verdict = {"task": name, "ok": diff <= 1e-3, "max_diff": diff, "trace": trace_key,
                        "tuned_us": tuned_us, "default_us": default_us, "faster": bool(tuned_us < default_us)}
             verdicts[key] = verdict

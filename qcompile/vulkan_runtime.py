@@ -22,8 +22,19 @@ MAX_GRID_X = 65535
 _BINDING = re.compile(r"@group\(0\) @binding\((\d+)\) var<(storage, read_write|storage, read|uniform)>")
 
 
+def open_device(adapter=None):
+    """A wgpu device on the Vulkan adapter (the high-performance one), with its full limits."""
+    import wgpu
+
+    adapter = adapter or wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    limits = {k: adapter.limits[k] for k in ("max-storage-buffers-per-shader-stage", "max-storage-buffer-binding-size",
+                                              "max-buffer-size", "max-compute-workgroup-storage-size",
+                                              "max-compute-invocations-per-workgroup")}
+    return adapter.request_device_sync(required_limits=limits)
+
+
 class VulkanModel:
-    def __init__(self, path, adapter=None):
+    def __init__(self, path, device=None):
         import wgpu
 
         self.path = Path(path)
@@ -34,12 +45,9 @@ class VulkanModel:
             shaders = [zf.read(f"kernels/{i:03d}.wgsl").decode() for i in range(self.plan["shaders"])]
             weights = np.load(io.BytesIO(zf.read("weights.npz")))
             self.metadata = json.loads(zf.read("metadata.json")) if "metadata.json" in zf.namelist() else {}
-        adapter = adapter or wgpu.gpu.request_adapter_sync(power_preference="high-performance")
-        self.adapter_info = dict(adapter.info)
-        limits = {k: adapter.limits[k] for k in ("max-storage-buffers-per-shader-stage", "max-storage-buffer-binding-size",
-                                                  "max-buffer-size", "max-compute-workgroup-storage-size",
-                                                  "max-compute-invocations-per-workgroup")}
-        self.device = adapter.request_device_sync(required_limits=limits)
+        self.device = device or open_device()
+        self._fence = None
+        self.adapter_info = dict(self.device.adapter.info)
         usage = wgpu.BufferUsage
         rw = usage.STORAGE | usage.COPY_SRC | usage.COPY_DST
         slots = [self.device.create_buffer(size=_aligned(n), usage=rw) for n in self.plan["slots"]]
@@ -91,7 +99,8 @@ class VulkanModel:
             t = self.plan["tensors"][spec["tensor"]]
             if spec["name"] not in inputs:
                 raise ValueError(f"missing input '{spec['name']}'")
-            x = np.ascontiguousarray(inputs[spec["name"]], dtype=t["dtype"])
+            x = np.asarray(inputs[spec["name"]], dtype=t["dtype"])
+            x = np.ascontiguousarray(x).reshape(x.shape)  # ascontiguousarray alone makes a scalar 1-d
             if list(x.shape) != t["shape"]:
                 raise ValueError(f"input '{spec['name']}' has shape {list(x.shape)}, expected {t['shape']}")
             self.device.queue.write_buffer(self.buffers[spec["tensor"]], 0, x.tobytes())
@@ -103,16 +112,48 @@ class VulkanModel:
             out[spec["name"]] = np.frombuffer(bytes(data)[:t["nbytes"]], dtype=t["dtype"]).reshape(t["shape"]).copy()
         return out
 
-    def dispatch(self) -> None:
-        """Every kernel once, in one command buffer (inputs as last written)."""
+    def dispatch(self, times: int = 1) -> None:
+        """Every kernel once (`times` times over), in one command buffer (inputs as last written)."""
         encoder = self.device.create_command_encoder()
         compute = encoder.begin_compute_pass()
-        for pipeline, group, grid in self.steps:
-            compute.set_pipeline(pipeline)
-            compute.set_bind_group(0, group)
-            compute.dispatch_workgroups(*grid)
+        for _ in range(times):
+            for pipeline, group, grid in self.steps:
+                compute.set_pipeline(pipeline)
+                compute.set_bind_group(0, group)
+                compute.dispatch_workgroups(*grid)
         compute.end()
         self.device.queue.submit([encoder.finish()])
+
+    def _wait(self) -> None:
+        """Returns once the work submitted so far has run: a read waits for the queue before it (wgpu
+        0.32's on_submitted_work_done_sync fails in its own bindings)."""
+        if self._fence is None:
+            import wgpu
+
+            self._fence = self.device.create_buffer(size=4, usage=wgpu.BufferUsage.COPY_SRC)
+        self.device.queue.read_buffer(self._fence, 0, 4)
+
+    def time_us(self, min_ms: float = 10.0, repeat: int = 3) -> float:
+        """Microseconds of one pass over the kernels: the median of `repeat` batches of passes, each
+        batch at least `min_ms` long, one command buffer per batch, waited for on the device."""
+        import time
+
+        times = 1
+        while True:
+            start = time.perf_counter()
+            self.dispatch(times)
+            self._wait()
+            elapsed = time.perf_counter() - start
+            if elapsed * 1e3 >= min_ms or times >= 4096:
+                break
+            times *= 4
+        samples = [elapsed]
+        for _ in range(repeat - 1):
+            start = time.perf_counter()
+            self.dispatch(times)
+            self._wait()
+            samples.append(time.perf_counter() - start)
+        return sorted(samples)[len(samples) // 2] / times * 1e6
 
 
 def _aligned(n: int) -> int:

@@ -24,17 +24,21 @@ from .vulkan_runtime import FORMAT
 _LAUNCH = re.compile(r'T\.launch_thread\("((?:blockIdx|threadIdx)\.[xyz])", (?:T\.int64\()?(\d+)')
 
 
-def schedule_module(mod, spec):
-    """Legalized, fused and scheduled for the GPU (dlight's rules; the int8 layers are the packed
-    dot-product kernels of schedules/wgsl_int8.py, which dlight's matmul rule tiles in shared memory)."""
-    import tvm
-    from tvm.relax.backend.gpu_generic.pipeline import legalize_passes
+def schedule_module(mod, spec, database=None):
+    """Legalized, fused and scheduled for the GPU: the wgsl family's passes (schedules/), with the
+    kernels of a tuning database in scope scheduled by their records first."""
+    import contextlib
 
-    from schedules.wgsl_int8 import wgsl_int_pass
+    import tvm
+    from tvm import relax
+
+    from schedules import fused_module_passes, schedule_passes
 
     target = spec.tvm_target()
-    with target:
-        return tvm.transform.Sequential([wgsl_int_pass(), *legalize_passes(target)])(mod)
+    with target, database if database is not None else contextlib.nullcontext():
+        apply_records = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if database is not None else []
+        return tvm.transform.Sequential(fused_module_passes(spec.schedule_family, target) + apply_records
+                                        + schedule_passes(spec.schedule_family, target))(mod)
 
 
 _LAUNCH_CALL = re.compile(r'T\.call_ffi_kernel\("(\w+)"')
@@ -51,6 +55,8 @@ def _kernels(func, name: str, target) -> list[dict]:
     host, devices = split_host_device_mods(pipeline(mod))
     launches = _LAUNCH_CALL.findall(host.script())  # the host's launch order is the dispatch order
     buffers = {p.name: i for i, p in enumerate(func.params)}
+    if len(buffers) != len(func.params):  # kernels name their buffers after these: a clash would mis-bind
+        raise QCompileError(f"vulkan: the parameters of {name} share names ({[p.name for p in func.params]})")
     kernels = []
     for device_target, device_mod in devices.items():
         device_mod = finalize_device()(device_mod)
@@ -75,12 +81,16 @@ def _kernels(func, name: str, target) -> list[dict]:
 
 def _one_kernel(source: str, entry: str) -> str:
     """The codegen prints every kernel of a module after a `// Function: NAME` header."""
+    from schedules.wgsl_int8 import WGSL_FUNCTIONS
+
     parts = re.split(r"^//-+\n|^// Function: .*\n", source, flags=re.M)
     for part in parts:
         if re.search(rf"\bfn {re.escape(entry)}\(", part):
             # WGSL reads `-2147483648i` as -(2147483648i), which overflows: TVM prints int32's minimum
             # (max pooling's initial value) that way
-            return re.sub(r"-2147483648i\b", "(-2147483647i - 1i)", part.strip()) + "\n"
+            kernel = re.sub(r"-2147483648i\b", "(-2147483647i - 1i)", part.strip()) + "\n"
+            helpers = [src for name, src in WGSL_FUNCTIONS.items() if re.search(rf"\b{name}\(", kernel)]
+            return "\n".join([*helpers, kernel])
     raise QCompileError(f"vulkan: no WGSL generated for kernel {entry}")
 
 
@@ -190,10 +200,10 @@ def _plan_slots(tensors: list[dict], dispatches: list[dict]) -> list[int]:
     return slots
 
 
-def compile_vulkan(mod, spec, inputs, outputs):
+def compile_vulkan(mod, spec, inputs, outputs, database=None):
     """The artifact's parts for a Relax module: (plan, shader sources, constants)."""
     with compiling(spec):
-        scheduled = schedule_module(mod, spec)
+        scheduled = schedule_module(mod, spec, database)
         return plan_module(scheduled, spec, [t.name for t in inputs], [t.name for t in outputs])
 
 

@@ -2,29 +2,36 @@
 Relax pipeline for the target with that family's schedule passes inserted after legalization
 (where the TIR kernels exist and before they are lowered).
 
-Families: x86-avx2, x86-avx512, x86-vnni, arm-neon, arm-dotprod, arm-i8mm, cuda.
+Families: x86-avx2, x86-avx512, x86-vnni, arm-neon, arm-dotprod, arm-i8mm, cuda, and wgsl (the
+vulkan target: WGSL kernels, compiled by qcompile/wgsl.py rather than by this Relax pipeline).
 """
 
 from __future__ import annotations
 
-FAMILIES = ("x86-avx2", "x86-avx512", "x86-vnni", "arm-neon", "arm-dotprod", "arm-i8mm", "cuda")
+FAMILIES = ("x86-avx2", "x86-avx512", "x86-vnni", "arm-neon", "arm-dotprod", "arm-i8mm", "cuda", "wgsl")
+
+
+def _dlight_gpu_rules(*first) -> list:
+    from tvm.s_tir.dlight import ApplyDefaultSchedule, gpu
+
+    return [ApplyDefaultSchedule(*first, gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback())]
 
 
 def schedule_passes(family: str, target) -> list:
     """The family's default-schedule passes: its packed int8 kernels first, then a rule for every
-    other kernel (schedules/cpu_default.py on CPUs, TVM's dlight GPU rules on CUDA)."""
+    other kernel (schedules/cpu_default.py on CPUs, TVM's dlight GPU rules on CUDA and WGSL, where
+    dlight's matmul rule tiles the packed dot-product kernels of schedules/wgsl_int8.py)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown schedule family '{family}'; known: {', '.join(FAMILIES)}")
     from tvm.s_tir.dlight import ApplyDefaultSchedule
 
+    if family == "wgsl":
+        return _dlight_gpu_rules()
     if family == "cuda":
-        from tvm.s_tir.dlight import gpu
-
         from .cuda_int8 import Int8PackedGPU, Int8TensorCoreMatmul
         from .intrinsics import KERNELS
 
-        return [ApplyDefaultSchedule(Int8PackedGPU(KERNELS[family]), Int8TensorCoreMatmul(), gpu.Matmul(), gpu.GEMV(), gpu.Reduction(),
-                                     gpu.GeneralReduction(), gpu.Fallback())]
+        return _dlight_gpu_rules(Int8PackedGPU(KERNELS[family]), Int8TensorCoreMatmul())
 
     from .cpu_default import CPUDefault
     from .int8_schedule import Int8Packed
@@ -36,9 +43,14 @@ def schedule_passes(family: str, target) -> list:
 
 
 def relax_passes(family: str) -> list:
-    """Passes on the Relax graph before legalization: int8 layers into the family's packed kernels."""
+    """Passes on the Relax graph before legalization: int8 layers into the family's packed kernels
+    (for WGSL: the integer graph in 32-bit types, int8 layers on packed words)."""
     from .intrinsics import KERNELS
 
+    if family == "wgsl":
+        from .wgsl_int8 import wgsl_int_pass
+
+        return [wgsl_int_pass()]
     if family not in KERNELS:
         return []
     from .int8_packed import pack_int8_pass
@@ -57,7 +69,8 @@ def fused_module_passes(family: str, target) -> list:
     # The stock legalization without the default schedules CUDA's adds: ours follow in schedule_passes.
     fusion = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
               relax.transform.FuseOps(), relax.transform.FuseTIR()]
-    return stock.library_dispatch_passes(target) + relax_passes(family) + fusion
+    dispatch = [] if family == "wgsl" else stock.library_dispatch_passes(target)
+    return dispatch + relax_passes(family) + fusion
 
 
 def _backend(target) -> str:

@@ -6,6 +6,7 @@ constant to 32 bits); its integer dot product reads four int8 values packed in o
     quantize(x, s, zp, int8|uint8)     -> round(x / s) + zp clipped to the 8-bit range, held in int32
     (astype(x, int64) * M + 2^(s-1)) >> s
                                        -> the same 64-bit product, shift and rounding in 32-bit words
+                                          (a WGSL function of ours, MUL_SHIFT_WGSL)
     conv2d / matmul (int8 x, int8 W)   -> pack4(x) then sum of dot4I8Packed(x word, W word)
                                           (W packed four input channels per word at compile time)
 
@@ -88,45 +89,48 @@ def dot4_conv_te(xp, wp, *, strides, padding, dilation):
     return te.compute((n, o, oh, ow), acc, name="dot4_conv")
 
 
-def _lets(bindings: list, body):
-    """Nested `let`s: [(var, value), ...] in order, around body."""
-    for var, value in reversed(bindings):
-        body = tirx.Let(var, value, body)
-    return body
+MUL_SHIFT = "qcompile_mul_shift"
+# floor((x * m + 2^(s-1)) / 2^s) for i32 x, 0 <= m < 2^31, 1 <= s <= 62: realize's int64 requantize
+# in 32-bit words (16-bit limbs for the 64-bit product). A WGSL function of its own, called by the
+# kernels: x is computed once however large the producer fused into it, and TVM's arithmetic, which
+# takes integer additions and casts never to wrap, never sees (and simplifies away) the wrapping words.
+MUL_SHIFT_WGSL = """fn qcompile_mul_shift(x: i32, m: i32, s: i32) -> i32 {
+  let ux = bitcast<u32>(x);
+  let um = bitcast<u32>(m);
+  let a0 = ux & 0xFFFFu;
+  let a1 = ux >> 16u;
+  let b0 = um & 0xFFFFu;
+  let b1 = um >> 16u;
+  let p00 = a0 * b0;
+  let p01 = a0 * b1;
+  let p10 = a1 * b0;
+  let mid = (p00 >> 16u) + (p01 & 0xFFFFu) + (p10 & 0xFFFFu);
+  let lo = (mid << 16u) | (p00 & 0xFFFFu);
+  // bitcast<u32>(x) = x + 2^32 when x < 0: take m * 2^32 back off the high word
+  let hi = a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u) - select(0u, um, x < 0i);
+  let low_round = select(0u, 1u << u32(clamp(s - 1i, 0i, 31i)), s <= 32i);
+  let high_round = select(0u, 1u << u32(clamp(s - 33i, 0i, 31i)), s > 32i);
+  let lo2 = lo + low_round;
+  let hi2 = hi + high_round + select(0u, 1u, lo2 < lo);
+  if (s >= 32i) {
+    return bitcast<i32>(hi2) >> u32(min(s - 32i, 31i));
+  }
+  let k = u32(clamp(s, 1i, 31i));
+  return bitcast<i32>((lo2 >> k) | (hi2 << (32u - k)));
+}
+"""
+WGSL_FUNCTIONS = {MUL_SHIFT: MUL_SHIFT_WGSL}  # helper name -> its WGSL, put before every kernel calling it
 
 
 def mul_shift_te(x, mult, shift):
-    """floor((x * mult + 2^(shift-1)) / 2^shift) for int32 x, 0 <= mult < 2^31, 1 <= shift <= 62,
-    exactly as realize's int64 arithmetic, in 32-bit words (16-bit limbs for the 64-bit product).
-    Every intermediate is a `let`: fused into a producer, `x` is computed once, not once per use."""
+    """The fixed-point requantize of int32 x by per-channel (or scalar) mult and shift, as a call
+    of MUL_SHIFT_WGSL."""
 
     def at(t, idx):
         return t[tuple(i if int(d) != 1 else 0 for i, d in zip(idx[len(idx) - len(t.shape):], t.shape))]
 
-    def f(*idx):
-        s, m = at(shift, idx), at(mult, idx).astype("uint32")
-        xv, ux, p00, p01, p10, mid, lo, hi, lo2, hi2 = (
-            tirx.Var(n, "int32" if n == "xv" else "uint32") for n in ("xv", "ux", "p00", "p01", "p10", "mid", "lo", "hi", "lo2", "hi2"))
-        a0, a1, b0, b1 = ux & _u32(0xFFFF), ux >> _u32(16), m & _u32(0xFFFF), m >> _u32(16)
-        low_round = tirx.Select(s <= 32, _u32(1) << tirx.min(tirx.max(s - 1, 0), 31).astype("uint32"), _u32(0))
-        high_round = tirx.Select(s > 32, _u32(1) << tirx.min(tirx.max(s - 33, 0), 31).astype("uint32"), _u32(0))
-        small_shift = tirx.min(tirx.max(s, 1), 31).astype("uint32")
-        big = _bits_as_i32(hi2) >> tirx.min(tirx.max(s - 32, 0), 31)
-        small = _bits_as_i32((lo2 >> small_shift) | (hi2 << (_u32(32) - small_shift)))
-        return _lets([
-            (xv, x[idx]), (ux, xv.astype("uint32")),
-            (p00, a0 * b0), (p01, a0 * b1), (p10, a1 * b0),
-            (mid, (p00 >> _u32(16)) + (p01 & _u32(0xFFFF)) + (p10 & _u32(0xFFFF))),
-            (lo, (mid << _u32(16)) | (p00 & _u32(0xFFFF))),
-            # uint32(x) = x + 2^32 when x < 0: take mult * 2^32 back off the high word
-            (hi, a1 * b1 + (p01 >> _u32(16)) + (p10 >> _u32(16)) + (mid >> _u32(16)) - tirx.Select(xv < 0, m, _u32(0))),
-            # the carry out of lo + low_round from bit 31 (a comparison `lo2 < lo` would be simplified
-            # away by TVM's arithmetic, which assumes additions never wrap)
-            (lo2, lo + low_round),
-            (hi2, hi + high_round + (((lo & low_round) | ((lo | low_round) & ~lo2)) >> _u32(31))),
-        ], tirx.Select(s >= 32, big, small))
-
-    return te.compute(x.shape, f, name="mul_shift")
+    return te.compute(x.shape, lambda *idx: tirx.call_pure_extern("int32", MUL_SHIFT, x[idx], at(mult, idx), at(shift, idx)),
+                      name="mul_shift")
 
 
 def quantize_te(x, scale, zp, *, axis: int, qmin: int, qmax: int):

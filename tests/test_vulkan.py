@@ -28,22 +28,42 @@ def _has_vulkan() -> bool:
 needs_vulkan = pytest.mark.skipif(not _has_vulkan(), reason="no Vulkan driver (bash .ci/setup installs mesa-vulkan-drivers)")
 
 
+@pytest.fixture(scope="module")
+def kernel_device():
+    from qcompile.wgsl_tune import KernelDevice
+
+    return KernelDevice()
+
+
+def _run_kernel(func, arrays, kernel_device, tmp_path):
+    """One TE kernel, scheduled by dlight's GPU fallback, as WGSL on the Vulkan device."""
+    from tvm.s_tir.dlight import ApplyDefaultSchedule, gpu
+
+    from qcompile.wgsl_tune import kernel_artifact
+
+    target = qcompile.get_target("vulkan").tvm_target()
+    with target:
+        mod = ApplyDefaultSchedule(gpu.Fallback())(tvm.IRModule({"main": func}))
+    return kernel_device.run(kernel_artifact(mod["main"], target, tmp_path / "kernel.vkz"), arrays)[0]
+
+
+@needs_vulkan
 @pytest.mark.parametrize("shift", [1, 14, 31, 32, 33, 47, 62])
-def test_mul_shift_matches_int64_arithmetic(shift):
-    """The 32-bit requantize (for WGSL, which has no int64) is exact, carries across bit 31 included."""
+def test_mul_shift_matches_int64_arithmetic(shift, kernel_device, tmp_path):
+    """The 32-bit requantize (WGSL has no int64), run as WGSL, is exact: carries across bit 31 included."""
     rng = np.random.default_rng(shift)
     mult = int(rng.integers(2**29, 2**31))
     fitting = min(2**31, 2**(31 + shift) // mult)  # |x| whose result fits int32
     x = np.concatenate([rng.integers(-2**31, 2**31, 2000), rng.integers(-fitting, fitting, 6000),
                         rng.integers(-3000, 3000, 2000)]).astype(np.int32)
-    X, M, S = te.placeholder((x.size,), "int32"), te.placeholder((1,), "int32"), te.placeholder((1,), "int32")
-    f = tvm.compile(te.create_prim_func([X, M, S, mul_shift_te(X, M, S)]), target="llvm")
-    out = tvm.runtime.tensor(np.zeros_like(x))
-    f(tvm.runtime.tensor(x), tvm.runtime.tensor(np.array([mult], np.int32)), tvm.runtime.tensor(np.array([shift], np.int32)), out)
+    X, M, S = te.placeholder((x.size,), "int32", "x"), te.placeholder((1,), "int32", "m"), te.placeholder((1,), "int32", "s")
+    func = te.create_prim_func([X, M, S, mul_shift_te(X, M, S)])
+    out = _run_kernel(func, [x, np.array([mult], np.int32), np.array([shift], np.int32), np.zeros_like(x)],
+                      kernel_device, tmp_path)[3]
     exact = (x.astype(object) * mult + (1 << (shift - 1))) >> shift
     fits = np.array([-2**31 <= v < 2**31 for v in exact])
     assert fits.sum() > 5000
-    np.testing.assert_array_equal(out.numpy()[fits], exact[fits].astype(np.int64))
+    np.testing.assert_array_equal(out[fits], exact[fits].astype(np.int64))
 
 
 def test_weight_words_hold_four_channels_each():
@@ -183,17 +203,44 @@ def test_efficientnet_lite0_on_lavapipe_matches_the_host_build(efficientnet, tmp
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
-def test_tuning_records_are_refused_for_vulkan(small_cnn_path, tmp_path):
-    with pytest.raises(qcompile.QCompileError, match="tuning records are not supported"):
-        qcompile.build(small_cnn_path, "vulkan", tmp_path / "m.vkz", records=tmp_path / "db")
-    assert not (tmp_path / "m.vkz").exists()
+@needs_vulkan
+def test_tuning_on_the_vulkan_device_gives_verified_records_that_build_the_same_outputs(small_cnn_path, tmp_path):
+    """MetaSchedule's GPU rules and XGBoost model, candidates built as WGSL and timed through wgpu;
+    each kernel's best record checked against the default schedule; the build applies them."""
+    import json
+
+    from test_cli import qc
+
+    from qcompile.records import VERIFIED
+
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    records = tmp_path / "db"
+    flags = ["--input-shape", "x:4,1,8,8", "--quantize", "int8", "--calib", tmp_path / "calib.npz"]
+    proc = qc("tune", small_cnn_path, "--target", "vulkan", "--trials", "4", "--records", records, *flags)
+    assert proc.returncode == 0, proc.stderr
+    verdicts = json.loads((records / VERIFIED).read_text())
+    assert any("dot4_conv" in v["task"] for v in verdicts.values())
+    assert verdicts and all(v["ok"] for v in verdicts.values())
+    assert all(v["max_diff"] == 0 for v in verdicts.values() if "dot4" in v["task"])  # integer kernels: exact
+    assert any(v["faster"] for v in verdicts.values())
+    kw = {"input_shapes": {"x": [4, 1, 8, 8]}, "quantize": {"progress": False}, "calib": tmp_path / "calib.npz"}
+    tuned = qcompile.build(small_cnn_path, "vulkan", tmp_path / "t.vkz", records=records, **kw)
+    plain = qcompile.build(small_cnn_path, "vulkan", tmp_path / "u.vkz", **kw)
+    host = qcompile.build(small_cnn_path, "host", tmp_path / "h.so", **kw)
+    with zipfile.ZipFile(tuned.artifact) as t, zipfile.ZipFile(plain.artifact) as u:
+        assert t.read("plan.json") != u.read("plan.json") or any(
+            t.read(n) != u.read(n) for n in t.namelist() if n.endswith(".wgsl"))  # the records were applied
+    want = qcompile.run(host.artifact, {"x": x}).outputs["logits"]
+    np.testing.assert_array_equal(qcompile.run(tuned.artifact, {"x": x}).outputs["logits"], want)
+    np.testing.assert_array_equal(qcompile.run(plain.artifact, {"x": x}).outputs["logits"], want)
 
 
-def test_tuning_for_vulkan_is_refused_in_one_line_before_any_work(small_cnn_path, tmp_path):
-    from qcompile.tune import tune
+def test_tuning_vulkan_through_an_rpc_tracker_is_refused_in_one_line(small_cnn_path, tmp_path):
+    from qcompile.tune import RPC, tune
 
-    with pytest.raises(qcompile.QCompileError, match="WGSL kernels cannot be tuned"):
-        tune(small_cnn_path, "vulkan", tmp_path / "db", trials=2)
+    with pytest.raises(qcompile.QCompileError, match="measured on this machine's Vulkan device"):
+        tune(small_cnn_path, "vulkan", tmp_path / "db", trials=2, rpc=RPC("127.0.0.1:9190", "phone"))
     assert not (tmp_path / "db").exists()
 
 

@@ -1,0 +1,178 @@
+"""MetaSchedule for the vulkan target: the tuning path of the CPU targets (tasks, XGBoost cost
+model, records, verification) with a builder that turns each candidate schedule into WGSL kernels
+(qcompile/wgsl.py) and a runner that times them on the Vulkan device through wgpu. Its kernels are
+never compiled to a library: a candidate is a one-kernel .vkz artifact, run by vulkan_runtime."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
+
+from .frontends.common import last_line
+
+
+def param_types(func) -> list[tuple[list[int], str]]:
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    return [([int(d) for d in info.shape], str(info.dtype)) for info in ArgInfo.from_prim_func(func)]
+
+
+def kernel_artifact(func, target, path: Path) -> Path:
+    """A scheduled PrimFunc as a .vkz of its own: each parameter a buffer, read back after a run."""
+    from .vulkan_runtime import FORMAT
+    from .wgsl import _kernels, write_artifact
+
+    kernels = _kernels(func, "main", target)
+    tensors = []
+    for i, (shape, dtype) in enumerate(param_types(func)):
+        tensors.append({"shape": shape, "dtype": dtype, "kind": "input", "name": f"p{i}",
+                        "nbytes": int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize})
+    plan = {"format": FORMAT, "tensors": tensors, "slots": [], "shaders": len(kernels),
+            "dispatches": [{"shader": i, "entry": k["entry"], "kernel": "main", "bindings": k["params"], "grid": k["grid"]}
+                           for i, k in enumerate(kernels)],
+            "inputs": [{"name": t["name"], "tensor": i} for i, t in enumerate(tensors)],
+            "outputs": [{"name": t["name"], "tensor": i} for i, t in enumerate(tensors)]}
+    return write_artifact(path, plan, [k["wgsl"] for k in kernels], {}, {})
+
+
+@derived_object
+class WGSLBuilder(PyBuilder):
+    """Each candidate: WGSL kernels, grids and parameter order, written as a one-kernel artifact
+    in a folder of its own (MetaSchedule's RemoveBuildArtifact removes the folder once measured)."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target  # webgpu: the search's own target only describes the device's limits
+
+    def build(self, build_inputs):
+        results = []
+        for item in build_inputs:
+            path = Path(tempfile.mkdtemp(prefix="qcompile-wgsl-tune-")) / "kernel.vkz"
+            try:
+                results.append(BuilderResult(str(kernel_artifact(item.mod["main"], self.target, path)), None))
+            except Exception as err:  # noqa: BLE001 - a candidate that does not compile is a failed trial
+                results.append(BuilderResult(None, f"WGSL build failed: {last_line(err)}"))
+        return results
+
+
+@derived_object
+class _Done(PyRunnerFuture):
+    def __init__(self, result: RunnerResult):
+        super().__init__()
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> RunnerResult:
+        return self._result
+
+
+class KernelDevice:
+    """The Vulkan device kernels are measured and verified on (one wgpu device for a whole run)."""
+
+    def __init__(self):
+        from .vulkan_runtime import open_device
+
+        self.device = open_device()
+
+    def load(self, artifact):
+        from .vulkan_runtime import VulkanModel
+
+        return VulkanModel(artifact, self.device)
+
+    def run(self, artifact, arrays: list[np.ndarray], timed: bool = False):
+        """(every parameter's array after one run, microseconds per run or None)."""
+        model = self.load(artifact)
+        outputs = model.run({f"p{i}": a for i, a in enumerate(arrays)})
+        return [outputs[f"p{i}"] for i in range(len(arrays))], model.time_us() if timed else None
+
+
+@derived_object
+class WGSLRunner(PyRunner):
+    """Times each built candidate on the Vulkan device (random inputs; seconds per run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.device = None
+
+    def run(self, runner_inputs):
+        self.device = self.device or KernelDevice()
+        futures = []
+        for item in runner_inputs:
+            try:
+                arrays = random_arrays([(info.shape, info.dtype) for info in item.args_info])
+                model = self.device.load(item.artifact_path)
+                model.run({f"p{i}": a for i, a in enumerate(arrays)})
+                result = RunnerResult([model.time_us() / 1e6], None)
+            except Exception as err:  # noqa: BLE001 - a candidate that fails on the device is a failed trial
+                result = RunnerResult(None, f"Vulkan run failed: {last_line(err)}")
+            futures.append(_Done(result))
+        return futures
+
+
+def random_arrays(shapes_dtypes, seed: int = 0) -> list[np.ndarray]:
+    """Inputs for timing and verifying one kernel: small integers (shifts and products stay
+    defined), normal floats."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, dtype in shapes_dtypes:
+        shape, dtype = [int(d) for d in shape], str(dtype)
+        if dtype.startswith(("int", "uint")):
+            arrays.append(rng.integers(0, 4, shape).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+    return arrays
+
+
+def search_target(spec):
+    """The target MetaSchedule's GPU rules search under: the Vulkan device's limits under the
+    attribute names the rules read, which are CUDA's (the webgpu target kind has no
+    `max_threads_per_block`). Only the search sees it: every candidate is built for the webgpu
+    target (WGSLBuilder), and the warp size of 1 keeps warp-level reductions out of the space."""
+    import tvm
+
+    threads = spec.webgpu.get("max_num_threads", 256)
+    return tvm.target.Target({"kind": "cuda", "arch": "sm_50", "max_threads_per_block": threads, "max_num_threads": threads,
+                              "max_shared_memory_per_block": spec.webgpu.get("max_shared_memory_per_block", 16384),
+                              "thread_warp_size": 1}, host={"kind": "llvm"})
+
+
+def gpu_space():
+    """MetaSchedule's GPU rules: shared-memory tiling, thread binding, unrolling."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.PostOrderApply(sch_rules=ms.ScheduleRule.create("cuda"), postprocs=ms.Postproc.create("cuda"),
+                                             mutator_probs=ms.Mutator.create("cuda"))
+
+
+def verify(task_mod, record, target, device: KernelDevice) -> tuple[float, float, float]:
+    """(max relative |difference| between the tuned kernel and the default GPU schedule on random
+    inputs, tuned us, default us). The reference is the default schedule (dlight), run on the same
+    device: an unscheduled kernel has no threads to launch, and the tests hold the default-schedule
+    build bit-identical to the host build."""
+    import tvm
+    from tvm import s_tir
+
+    from schedules import schedule_passes
+
+    sch = s_tir.Schedule(task_mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    fresh = tvm.ir.load_json(tvm.ir.save_json(task_mod))
+    with target:
+        default = tvm.transform.Sequential(schedule_passes("wgsl", target))(fresh)
+    arrays = random_arrays(param_types(task_mod["main"]))
+    outputs, times = [], []
+    with tempfile.TemporaryDirectory(prefix="qcompile-wgsl-verify-") as folder:
+        for name, mod in (("tuned", sch.mod), ("default", default)):
+            values, us = device.run(kernel_artifact(mod["main"], target, Path(folder) / f"{name}.vkz"), arrays, timed=True)
+            outputs.append(values)
+            times.append(us)
+    diffs = [np.abs(a.astype(np.float64) - b.astype(np.float64)).max() / max(1.0, np.abs(b).max())
+             for a, b in zip(*outputs) if a.size]
+    return float(max(diffs, default=0.0)), times[0], times[1]
