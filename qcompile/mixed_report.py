@@ -19,10 +19,12 @@ def layer_table_md(result) -> str:
     unit, scale = UNITS[result.objective]
     precisions = ("int4", "int8", "fp16")
     head = ("| layer | op | group | " + " | ".join(f"noise {p}" for p in precisions) + " | "
+            + " | ".join(f"drop {p} (points)" for p in precisions) + " | "
             + " | ".join(f"{result.objective} {p} ({unit})" for p in (*precisions, "fp32")) + " | chosen |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in result.layers:
         noise = [f"{row['sensitivity'][p]['noise']:.2e}" if p in row["sensitivity"] else "-" for p in precisions]
+        noise += [f"{row['sensitivity'][p]['drop']:.2f}" if p in row["sensitivity"] else "-" for p in precisions]
         cost = [f"{row[result.objective][p] * scale:.1f}" if p in row[result.objective] else "-"
                 for p in (*precisions, "fp32")]
         rows.append(f"| {row['name']} | {row['op']} | {row['group']} | " + " | ".join(noise) + " | "
