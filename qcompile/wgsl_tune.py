@@ -6,6 +6,7 @@ never compiled to a library: a candidate is a one-kernel .vkz artifact, run by v
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,12 @@ class WGSLBuilder(PyBuilder):
         for item in build_inputs:
             path = Path(tempfile.mkdtemp(prefix="qcompile-wgsl-tune-")) / "kernel.vkz"
             try:
-                results.append(BuilderResult(str(kernel_artifact(item.mod["main"], self.target, path)), None))
+                artifact = kernel_artifact(item.mod["main"], self.target, path)
+                with zipfile.ZipFile(artifact) as zf:
+                    size = sum(zf.getinfo(n).file_size for n in zf.namelist() if n.endswith(".wgsl"))
+                if size > MAX_WGSL_BYTES:
+                    raise ValueError(f"{size} bytes of WGSL (over {MAX_WGSL_BYTES}): too slow for the driver to compile")
+                results.append(BuilderResult(str(artifact), None))
             except Exception as err:  # noqa: BLE001 - a candidate that does not compile is a failed trial
                 results.append(BuilderResult(None, f"WGSL build failed: {last_line(err)}"))
         return results
@@ -143,11 +149,19 @@ def search_target(spec):
                               "thread_warp_size": 1}, host={"kind": "llvm"})
 
 
+MAX_WGSL_BYTES = 64 * 1024  # a candidate's shader source; larger ones are failed trials
+
+
 def gpu_space():
-    """MetaSchedule's GPU rules: shared-memory tiling, thread binding, unrolling."""
+    """MetaSchedule's GPU rules: shared-memory tiling, thread binding, unrolling. Unrolling stays a
+    hint, not explicit: an explicitly unrolled shader of thousands of statements takes lavapipe
+    (LLVM) minutes to compile into a pipeline."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.space_generator.PostOrderApply(sch_rules=ms.ScheduleRule.create("cuda"), postprocs=ms.Postproc.create("cuda"),
+    rules = [ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=-1, max_vectorize_extent=-1,
+                                                         unroll_max_steps=[0, 16, 64, 512], unroll_explicit=False)
+             if isinstance(r, ms.schedule_rule.ParallelizeVectorizeUnroll) else r for r in ms.ScheduleRule.create("cuda")]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=ms.Postproc.create("cuda"),
                                              mutator_probs=ms.Mutator.create("cuda"))
 
 
