@@ -10,6 +10,7 @@ Measurements run on this machine, or on devices registered at a TVM RPC tracker 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -61,10 +62,21 @@ class TuneResult:
     seconds: float = 0.0
 
 
-def _skip_stock_intrinsics() -> None:
+@contextlib.contextmanager
+def _without_stock_intrinsics():
     """TuneContext imports tvm.s_tir.tensor_intrin (every stock intrinsic: about 70 s) to register
-    them; qcompile's kernels use their own (schedules/intrinsics.py)."""
-    sys.modules.setdefault("tvm.s_tir.tensor_intrin", types.ModuleType("tvm.s_tir.tensor_intrin"))
+    them; qcompile's kernels use their own (schedules/intrinsics.py). A stand-in module serves while
+    tuning and is taken away after, so a later build in the same process (CUDA's tensor cores)
+    imports the real one."""
+    name = "tvm.s_tir.tensor_intrin"
+    stub = types.ModuleType(name) if name not in sys.modules else None
+    if stub is not None:
+        sys.modules[name] = stub
+    try:
+        yield
+    finally:
+        if stub is not None and sys.modules.get(name) is stub:
+            del sys.modules[name]
 
 
 def _build(mod, target, _params):
@@ -318,11 +330,16 @@ def tune(model, target: str = "host", records="tuning-records", trials: int = 64
          trials_per_iter: int = 16) -> TuneResult:
     """Tune every kernel of `model` (as `build` would compile it) up to `trials` measured trials each,
     appending to the records folder `records`; returns what each kernel reached."""
+    with _without_stock_intrinsics():
+        return _tune(model, target, records, trials, input_shapes=input_shapes, quantize=quantize, calib=calib,
+                     rpc=rpc, progress=progress, seed=seed, trials_per_iter=trials_per_iter)
+
+
+def _tune(model, target, records, trials, *, input_shapes, quantize, calib, rpc, progress, seed,
+          trials_per_iter) -> TuneResult:
     from tqdm.auto import tqdm
 
     from .pipeline import prepare
-
-    _skip_stock_intrinsics()
     from tvm.s_tir import meta_schedule as ms
 
     from schedules.int8_schedule import is_packed_kernel, tuning_space
