@@ -53,9 +53,13 @@ def relax_passes(family: str) -> list:
         return [wgsl_int_pass()]
     if family not in KERNELS:
         return []
-    from .int8_packed import pack_int8_pass
+    from .int8_packed import is_eligible, pack_int8_pass
 
-    return [pack_int8_pass(KERNELS[family])]
+    if family == "cuda":  # the GPU kernels stay NCHW
+        return [pack_int8_pass(KERNELS[family])]
+    from .channels_last import channels_last_pass
+
+    return [channels_last_pass(is_eligible), pack_int8_pass(KERNELS[family])]
 
 
 def fused_module_passes(family: str, target) -> list:

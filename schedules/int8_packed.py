@@ -85,30 +85,52 @@ def _out_size(size: int, pad: int, k: int, stride: int, dilation: int) -> int:
     return (size + pad - dilation * (k - 1) - 1) // stride + 1
 
 
-def _pack_input(x, channels: int, padding, act: str, shift: int):
-    """x NCHW -> padded, channels-last, shifted/widened to `act`, channels zero-filled to `channels`."""
-    n, c, h, w = (int(d) for d in x.shape)
+def _nchw(dims, layout: str) -> tuple[int, int, int, int]:
+    """(n, c, h, w) of a 4-D shape in `layout`."""
+    n, *rest = (int(d) for d in dims)
+    return (n, *rest) if layout == "NCHW" else (n, rest[2], rest[0], rest[1])
+
+
+def _at(x, layout: str, i, ch, y, z):
+    return x[i, ch, y, z] if layout == "NCHW" else x[i, y, z, ch]
+
+
+def _pack_input(x, channels: int, padding, act: str, shift: int, layout: str = "NCHW"):
+    """x (NCHW or NHWC) -> padded, channels-last, shifted/widened to `act`, channels zero-filled to
+    `channels`: a transpose for NCHW, a contiguous copy for NHWC."""
+    n, c, h, w = _nchw(x.shape, layout)
     pt, pl, pb, pr = padding
     fill = tirx.const(shift, act)
 
     def packed(i, y, z, ch):
         inside = tirx.all(y >= pt, y < h + pt, z >= pl, z < w + pl, ch < c)
-        value = (x[i, tirx.min(ch, c - 1), y - pt, z - pl].astype("int32") + shift).astype(act)
+        value = (_at(x, layout, i, tirx.min(ch, c - 1), y - pt, z - pl).astype("int32") + shift).astype(act)
         return tirx.if_then_else(inside, value, fill)
 
     return te.compute(tuple(map(_i64, (n, h + pt + pb, w + pl + pr, channels))), packed, name="pack_input")
 
 
+def _unpack(acc, n, channels, oh, ow, lanes, layout, corr=None):
+    """The accumulators [n, oh, oc/lanes, ow, lanes] -> the output in the layer's layout."""
+    def value(i, o, y, z):
+        v = acc[i, y, o // lanes, z, o % lanes]
+        return v if corr is None else v - corr[o]
+
+    if layout == "NCHW":
+        return te.compute(tuple(map(_i64, (n, channels, oh, ow))), value, name="unpack")
+    return te.compute(tuple(map(_i64, (n, oh, ow, channels))), lambda i, y, z, o: value(i, o, y, z), name="unpack")
+
+
 def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int, kernel: Int8Kernel, shift: int,
-                   int4: bool = False):
+                   int4: bool = False, layout: str = "NCHW"):
     if int4:
         wp = _unpack_int4_te(wp)
-    n, _, h, w = (int(d) for d in x.shape)
+    n, _, h, w = _nchw(x.shape, layout)
     oco, kh, kw, co, L, KP = (int(d) for d in wp.shape)
     (sh, sw), (dh, dw) = strides, dilation
     oh = _out_size(h, padding[0] + padding[2], kh, sh, dh)
     ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
-    xp = _pack_input(x, co * KP, padding, kernel.act_dtype, shift)
+    xp = _pack_input(x, co * KP, padding, kernel.act_dtype, shift, layout)
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     rco, rki = te.reduce_axis((_i64(0), _i64(co)), "co"), te.reduce_axis((_i64(0), _i64(KP)), "ki")
     acc = te.compute(
@@ -118,8 +140,7 @@ def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int
             * wp[o, rkh, rkw, rco, l, rki].astype("int32"),
             axis=[rkh, rkw, rco, rki]),
         name="int8_dot", attrs={"schedule_rule": RULE})
-    return te.compute(tuple(map(_i64, (n, out_channels, oh, ow))),
-                      lambda i, o, y, z: acc[i, y, o // L, z, o % L] - corr[o], name="unpack")
+    return _unpack(acc, n, out_channels, oh, ow, L, layout, corr)
 
 
 def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
@@ -131,15 +152,15 @@ def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(cb, lanes, kh, kw).transpose(0, 2, 3, 1))
 
 
-def packed_depthwise_te(x, wp, *, strides, padding, dilation):
+def packed_depthwise_te(x, wp, *, strides, padding, dilation, layout: str = "NCHW"):
     """Depthwise: each channel its own 2-D filter, `lanes` channels per vector; int16 activations
     (exact for int8 and uint8 alike, no shift)."""
-    n, c, h, w = (int(d) for d in x.shape)
+    n, c, h, w = _nchw(x.shape, layout)
     cb, kh, kw, L = (int(d) for d in wp.shape)
     (sh, sw), (dh, dw) = strides, dilation
     oh = _out_size(h, padding[0] + padding[2], kh, sh, dh)
     ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
-    xp = _pack_input(x, cb * L, padding, "int16", 0)
+    xp = _pack_input(x, cb * L, padding, "int16", 0, layout)
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     acc = te.compute(
         tuple(map(_i64, (n, oh, cb, ow, L))),
@@ -147,32 +168,40 @@ def packed_depthwise_te(x, wp, *, strides, padding, dilation):
             xp[i, y * sh + rkh * dh, z * sw + rkw * dw, o * L + l].astype("int32") * wp[o, rkh, rkw, l].astype("int32"),
             axis=[rkh, rkw]),
         name="int8_dot", attrs={"schedule_rule": RULE})
-    return te.compute(tuple(map(_i64, (n, c, oh, ow))), lambda i, o, y, z: acc[i, y, o // L, z, o % L], name="unpack")
+    return _unpack(acc, n, c, oh, ow, L, layout)
+
+
+LAYOUTS = {("NCHW", "OIHW", "NCHW"): "NCHW", ("NHWC", "OHWI", "NHWC"): "NHWC"}  # (data, kernel, out) -> ours
 
 
 def _conv_args(call) -> dict | None:
     a = call.attrs
-    if (a.data_layout != "NCHW" or a.kernel_layout != "OIHW"
-            or a.out_layout != "NCHW" or str(a.out_dtype) != "int32"):
+    layout = LAYOUTS.get((a.data_layout, a.kernel_layout, a.out_layout))
+    if layout is None or str(a.out_dtype) != "int32":
         return None
     return {"strides": [int(s) for s in a.strides], "padding": [int(p) for p in a.padding],
-            "dilation": [int(d) for d in a.dilation]}
+            "dilation": [int(d) for d in a.dilation], "layout": layout}
 
 
-def _is_depthwise(call) -> bool:
-    channels = int(call.args[0].ty.shape.values[1])
-    w_shape = [int(d) for d in call.args[1].ty.shape.values]
+def _weight_oihw(call, conv: dict) -> np.ndarray:
+    w = const_value(call.args[1])
+    return w if conv["layout"] == "NCHW" else np.ascontiguousarray(w.transpose(0, 3, 1, 2))
+
+
+def _is_depthwise(call, conv: dict) -> bool:
+    channels = _nchw(call.args[0].ty.shape.values, conv["layout"])[1]
+    w_shape = list(_weight_oihw(call, conv).shape)
     return int(call.attrs.groups) == channels and w_shape[:2] == [channels, 1]
 
 
-def _eligible(call) -> bool:
+def is_eligible(call) -> bool:
     x, w = call.args[0], call.args[1]
     return (tensor_dtype(x) in ("int8", "uint8") and is_const(w) and tensor_dtype(w) == "int8"
             and all(isinstance(d, tirx.IntImm) for d in x.ty.shape.values))
 
 
 def _emit_packed(bb, x, weight_oihw: np.ndarray, conv: dict, kernel: Int8Kernel, name: str):
-    width = int(x.ty.shape.values[3])
+    width = _nchw(x.ty.shape.values, conv["layout"])[3]
     kernel = kernel.for_layer(_out_size(width, conv["padding"][1] + conv["padding"][3], weight_oihw.shape[3],
                                         conv["strides"][1], conv["dilation"][1]), conv["strides"][1])
     shift = kernel.shift(tensor_dtype(x))
@@ -190,21 +219,21 @@ def _emit_packed(bb, x, weight_oihw: np.ndarray, conv: dict, kernel: Int8Kernel,
 def _rule(kernel: Int8Kernel):
     def rule(bb, var, value):
         name = op_name(value)
-        if name == "nn.conv2d" and _eligible(value) and (conv := _conv_args(value)) is not None:
+        if name == "nn.conv2d" and is_eligible(value) and (conv := _conv_args(value)) is not None:
             if int(value.attrs.groups) == 1:
-                return _emit_packed(bb, value.args[0], const_value(value.args[1]), conv, kernel, var.name)
-            if _is_depthwise(value):
-                wp = pack_depthwise_weight(const_value(value.args[1]), kernel.lanes)
+                return _emit_packed(bb, value.args[0], _weight_oihw(value, conv), conv, kernel, var.name)
+            if _is_depthwise(value, conv):
+                wp = pack_depthwise_weight(_weight_oihw(value, conv), kernel.lanes)
                 return bb.emit_te(functools.partial(packed_depthwise_te, **conv), value.args[0], relax.const(wp, "int8"),
                                   primfunc_name_hint=DEPTHWISE_NAME, name_hint=var.name)
-        if name == "matmul" and _eligible(value) and str(value.attrs.out_dtype) == "int32":
+        if name == "matmul" and is_eligible(value) and str(value.attrs.out_dtype) == "int32":
             x, w = value.args[0], const_value(value.args[1])
             if len(x.ty.shape.values) == 2 and w.ndim == 2:
                 m, k = (int(d) for d in x.ty.shape.values)
                 if kernel.tensor_core_matmul_min is not None and min(m, k, w.shape[1]) > kernel.tensor_core_matmul_min:
                     return emit_as_is(bb, var, value)  # left to the tensor-core matmul schedule
                 x4 = bb.emit(relax.op.reshape(x, (m, k, 1, 1)))
-                conv = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}
+                conv = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "layout": "NCHW"}
                 y = _emit_packed(bb, x4, w.T.reshape(w.shape[1], k, 1, 1), conv, kernel, var.name + "_packed")
                 return bb.emit(relax.op.reshape(y, (m, w.shape[1])), var.name)
         return emit_as_is(bb, var, value)
@@ -217,7 +246,7 @@ def pack_int8_pass(kernel: Int8Kernel):
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.PackInt8")
     def _pass(mod, _ctx):
-        if not any(op_name(v) in ("nn.conv2d", "matmul") and _eligible(v)
+        if not any(op_name(v) in ("nn.conv2d", "matmul") and is_eligible(v)
                    for block in mod["main"].body.blocks for v in (b.value for b in block.bindings)):
             return mod
         return rewrite_main(mod, _rule(kernel))

@@ -31,11 +31,13 @@ def _i64(*dims):
     return tuple(tvm.tirx.IntImm("int64", d) for d in dims)
 
 
-def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False):
+def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False, layout="NCHW"):
+    """A packed kernel, its inputs and the float64 reference (in `layout`, NCHW or NHWC)."""
     c, oc, hw = (24, 24, hw or 14) if depthwise else (20, 40, hw or 10)  # channels that fill no whole tile
     kernel = KERNELS[family].for_layer((hw - 1) // stride + 1, stride)
-    x = te.placeholder(_i64(1, c, hw, hw), input_dtype, "x")
-    conv = {"strides": [stride, stride], "padding": [1, 1, 1, 1], "dilation": [1, 1]}
+    to_layout = (lambda a: a) if layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)))
+    x = te.placeholder(_i64(*to_layout(np.zeros((1, c, hw, hw))).shape), input_dtype, "x")
+    conv = {"strides": [stride, stride], "padding": [1, 1, 1, 1], "dilation": [1, 1], "layout": layout}
     rng = np.random.default_rng(0)
     lo, hi = (-128, 128) if input_dtype == "int8" else (0, 256)
     xv = rng.integers(lo, hi, (1, c, hw, hw)).astype(input_dtype)
@@ -55,6 +57,7 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
         args, tensors = [x, w, cr, out], [xv, wp, corr]
     ref = torch.nn.functional.conv2d(torch.tensor(xv.astype(np.float64)), torch.tensor(wv.astype(np.float64)),
                                      stride=stride, padding=1, groups=c if depthwise else 1).numpy()
+    tensors[0], ref = to_layout(tensors[0]), to_layout(ref)
     target = tvm.target.Target({"kind": "llvm", **TARGETS[family][0]})
     sch = Int8Packed(kernel).apply(te.create_prim_func(args), target, False)
     assert sch is not None
@@ -63,8 +66,9 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
 
 @pytest.mark.parametrize("family", list(TARGETS))
 @pytest.mark.parametrize("input_dtype", ["int8", "uint8"])
-def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input_dtype):
-    lib, tensors, ref, kernel = _conv_kernel(family, input_dtype)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input_dtype, layout):
+    lib, tensors, ref, kernel = _conv_kernel(family, input_dtype, layout=layout)
     asm = lib.mod.inspect_source("asm")
     assert kernel.instruction == KERNELS[family].instruction  # an even output width: the family's own
     assert kernel.instruction in asm
@@ -101,11 +105,31 @@ def test_int4_weights_unpack_inside_the_packed_kernel_exactly(family):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_packed_depthwise_is_exact(stride):
-    lib, tensors, ref, _ = _conv_kernel("x86-avx2", depthwise=True, stride=stride)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_packed_depthwise_is_exact(stride, layout):
+    lib, tensors, ref, _ = _conv_kernel("x86-avx2", depthwise=True, stride=stride, layout=layout)
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_int8_activations_stay_channels_last_between_packed_kernels():
+    """The CPU families' Relax passes put int8 convolutions in NHWC and pack them: on the Fashion
+    CNN the only transposes left are at the model's input (before the first convolution) and at
+    the classifier (its flatten is NCHW), none between the packed kernels."""
+    from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+    from qcompile.pipeline import prepare
+    from qcompile.quantize.ir import main_bindings, op_name
+    from schedules import relax_passes
+
+    x, _ = fashion_mnist("t10k")
+    p = prepare(fashion_mnist_cnn_onnx(), "x86-avx2", {"image": [1, 1, 28, 28]}, {"progress": False},
+                [{"image": x[i:i + 1]} for i in range(4)])
+    ops = [op_name(v) for _, v in main_bindings(tvm.transform.Sequential(relax_passes("x86-avx2"))(p.mod))]
+    packed = [i for i, name in enumerate(ops) if name == "call_tir"]
+    transposes = [i for i, name in enumerate(ops) if name == "permute_dims"]
+    assert "nn.conv2d" not in ops and "clip" not in ops and len(packed) >= 5
+    assert len(transposes) == 2 and transposes[0] < packed[0] and transposes[1] > packed[-2]
 
 
 def test_i8mm_falls_back_to_sdot_on_odd_widths():
