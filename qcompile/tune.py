@@ -205,18 +205,25 @@ def _strategy(trials: int):
                                                  genetic_num_iters=2 if trials < 32 else 4)
 
 
-def _random_args(func, rng) -> list[np.ndarray]:
+def random_arrays(shapes_dtypes, seed: int = 0) -> list[np.ndarray]:
+    """Inputs for timing and verifying one kernel: small integers (shifts and products stay
+    defined), normal floats."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, dtype in shapes_dtypes:
+        shape, dtype = [int(d) for d in shape], str(dtype)
+        if dtype.startswith(("int", "uint")):
+            arrays.append(rng.integers(0, 4, shape).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+    return arrays
+
+
+def param_types(func) -> list[tuple[list[int], str]]:
+    """(shape, dtype) of each parameter of a PrimFunc."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    args = []
-    for info in ArgInfo.from_prim_func(func):
-        shape = [int(d) for d in info.shape]
-        dtype = str(info.dtype)
-        if dtype.startswith(("int", "uint")):
-            args.append(rng.integers(0, 4, shape).astype(dtype))  # small: shifts and products stay defined
-        else:
-            args.append(rng.standard_normal(shape).astype(dtype))
-    return args
+    return [([int(d) for d in info.shape], str(info.dtype)) for info in ArgInfo.from_prim_func(func)]
 
 
 def _default_schedule(task_mod, family: str, target):
@@ -237,7 +244,7 @@ def _verify(task_mod, record, target, device, family: str) -> tuple[float, float
     sch = s_tir.Schedule(task_mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)
     default = _default_schedule(task_mod, family, target)
-    args = _random_args(task_mod["main"], np.random.default_rng(0))
+    args = random_arrays(param_types(task_mod["main"]))
     outputs, times = [], []
     for mod in (task_mod, sch.mod, default):
         lib = _build(mod, target, None)

@@ -15,12 +15,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 
 from .frontends.common import last_line
-
-
-def param_types(func) -> list[tuple[list[int], str]]:
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
-    return [([int(d) for d in info.shape], str(info.dtype)) for info in ArgInfo.from_prim_func(func)]
+from .tune import param_types, random_arrays
 
 
 def kernel_artifact(func, target, path: Path) -> Path:
@@ -113,27 +108,11 @@ class WGSLRunner(PyRunner):
         for item in runner_inputs:
             try:
                 arrays = random_arrays([(info.shape, info.dtype) for info in item.args_info])
-                model = self.device.load(item.artifact_path)
-                model.run({f"p{i}": a for i, a in enumerate(arrays)})
-                result = RunnerResult([model.time_us() / 1e6], None)
+                result = RunnerResult([self.device.run(item.artifact_path, arrays, timed=True)[1] / 1e6], None)
             except Exception as err:  # noqa: BLE001 - a candidate that fails on the device is a failed trial
                 result = RunnerResult(None, f"Vulkan run failed: {last_line(err)}")
             futures.append(_Done(result))
         return futures
-
-
-def random_arrays(shapes_dtypes, seed: int = 0) -> list[np.ndarray]:
-    """Inputs for timing and verifying one kernel: small integers (shifts and products stay
-    defined), normal floats."""
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for shape, dtype in shapes_dtypes:
-        shape, dtype = [int(d) for d in shape], str(dtype)
-        if dtype.startswith(("int", "uint")):
-            arrays.append(rng.integers(0, 4, shape).astype(dtype))
-        else:
-            arrays.append(rng.standard_normal(shape).astype(dtype))
-    return arrays
 
 
 def search_target(spec):
