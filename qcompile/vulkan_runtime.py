@@ -138,21 +138,17 @@ class VulkanModel:
         batch at least `min_ms` long, one command buffer per batch, waited for on the device."""
         import time
 
-        times = 1
-        while True:
+        def batch(times: int) -> float:
             start = time.perf_counter()
             self.dispatch(times)
             self._wait()
-            elapsed = time.perf_counter() - start
-            if elapsed * 1e3 >= min_ms or times >= 4096:
-                break
+            return time.perf_counter() - start
+
+        times, elapsed = 1, batch(1)
+        while elapsed * 1e3 < min_ms and times < 4096:
             times *= 4
-        samples = [elapsed]
-        for _ in range(repeat - 1):
-            start = time.perf_counter()
-            self.dispatch(times)
-            self._wait()
-            samples.append(time.perf_counter() - start)
+            elapsed = batch(times)
+        samples = [elapsed] + [batch(times) for _ in range(repeat - 1)]
         return sorted(samples)[len(samples) // 2] / times * 1e6
 
 

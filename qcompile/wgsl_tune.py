@@ -6,7 +6,6 @@ never compiled to a library: a candidate is a one-kernel .vkz artifact, run by v
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,16 @@ from .frontends.common import last_line
 from .tune import param_types, random_arrays
 
 
-def kernel_artifact(func, target, path: Path) -> Path:
-    """A scheduled PrimFunc as a .vkz of its own: each parameter a buffer, read back after a run."""
+def kernel_artifact(func, target, path: Path, max_wgsl_bytes: int | None = None) -> Path:
+    """A scheduled PrimFunc as a .vkz of its own: each parameter a buffer, read back after a run.
+    With `max_wgsl_bytes`, larger shader sources are refused before anything is written."""
     from .vulkan_runtime import FORMAT
     from .wgsl import _kernels, write_artifact
 
     kernels = _kernels(func, "main", target)
+    size = sum(len(k["wgsl"].encode()) for k in kernels)
+    if max_wgsl_bytes is not None and size > max_wgsl_bytes:
+        raise ValueError(f"{size} bytes of WGSL (over {max_wgsl_bytes}): too slow for the driver to compile")
     tensors = []
     for i, (shape, dtype) in enumerate(param_types(func)):
         tensors.append({"shape": shape, "dtype": dtype, "kind": "input", "name": f"p{i}",
@@ -50,11 +53,7 @@ class WGSLBuilder(PyBuilder):
         for item in build_inputs:
             path = Path(tempfile.mkdtemp(prefix="qcompile-wgsl-tune-")) / "kernel.vkz"
             try:
-                artifact = kernel_artifact(item.mod["main"], self.target, path)
-                with zipfile.ZipFile(artifact) as zf:
-                    size = sum(zf.getinfo(n).file_size for n in zf.namelist() if n.endswith(".wgsl"))
-                if size > MAX_WGSL_BYTES:
-                    raise ValueError(f"{size} bytes of WGSL (over {MAX_WGSL_BYTES}): too slow for the driver to compile")
+                artifact = kernel_artifact(item.mod["main"], self.target, path, MAX_WGSL_BYTES)
                 results.append(BuilderResult(str(artifact), None))
             except Exception as err:  # noqa: BLE001 - a candidate that does not compile is a failed trial
                 results.append(BuilderResult(None, f"WGSL build failed: {last_line(err)}"))
