@@ -136,7 +136,7 @@ def extract_tasks(mod, spec, target) -> list[tuple[str, object]]:
     return tasks
 
 
-def _check_tracker(rpc: RPC, resume_hint: str = "") -> None:
+def _free_devices(rpc: RPC) -> int:
     from tvm import rpc as tvm_rpc
 
     import socket
@@ -147,9 +147,17 @@ def _check_tracker(rpc: RPC, resume_hint: str = "") -> None:
         summary = tvm_rpc.connect_tracker(host, port).summary()
     except Exception:  # noqa: BLE001
         raise QCompileError(f"--rpc-tracker {rpc.tracker}: no RPC tracker answers there") from None
-    free = summary.get("queue_info", {}).get(rpc.key, {}).get("free", 0)
-    if not free:
-        raise QCompileError(f"--rpc-key {rpc.key}: no free device with this key at tracker {rpc.tracker}{resume_hint}")
+    return summary.get("queue_info", {}).get(rpc.key, {}).get("free", 0)
+
+
+def _check_tracker(rpc: RPC, resume_hint: str = "", wait_s: float = 0.0) -> None:
+    """A one-line error unless a device of rpc.key is free, within wait_s: a server registers
+    again only some seconds after its last session closed (tens of seconds under emulation)."""
+    deadline = time.monotonic() + wait_s
+    while not _free_devices(rpc):
+        if time.monotonic() >= deadline:
+            raise QCompileError(f"--rpc-key {rpc.key}: no free device with this key at tracker {rpc.tracker}{resume_hint}")
+        time.sleep(0.5)
 
 
 def _runner(rpc: RPC | None):
@@ -393,7 +401,8 @@ def _tune(model, target, records, trials, *, input_shapes, quantize, calib, rpc,
             if remaining == 0:
                 continue
             if rpc is not None and index:
-                _check_tracker(rpc, f"; {state['trials']} trials are kept in {records}: run the same command again to resume")
+                _check_tracker(rpc, f"; {state['trials']} trials are kept in {records}: run the same command again to resume",
+                               wait_s=rpc.timeout_s)
             state.update(task=name, best_ms=None)
             space = gpu_space() if vulkan else tuning_space(spec.schedule_family) if is_packed_kernel(mod) else _space()
             context = ms.TuneContext(mod=mod, target=ms_target, space_generator=space,
