@@ -5,13 +5,18 @@ Python API, one call per CLI command:
     qcompile.run(artifact, inputs, output, ...)  -> RunResult
     qcompile.inspect(artifact)                   -> dict
     qcompile.list_targets()                      -> [TargetSpec]
-TVM itself is imported only when a call needs it.
+TVM itself is imported only when a call needs it. Importing qcompile sets TVM_NUM_THREADS to the
+physical core count unless it is set (qcompile/threads.py says why).
 """
 
-from .artifact import read_metadata as inspect
-from .errors import QCompileError
-from .execute import run
-from .pipeline import build
-from .targets import get_target, list_targets
+from .threads import use_physical_cores
+
+use_physical_cores()
+
+from .artifact import read_metadata as inspect  # noqa: E402
+from .errors import QCompileError  # noqa: E402
+from .execute import run  # noqa: E402
+from .pipeline import build  # noqa: E402
+from .targets import get_target, list_targets  # noqa: E402
 
 __all__ = ["QCompileError", "build", "get_target", "inspect", "list_targets", "run"]

@@ -111,7 +111,9 @@ def tuning_target(spec, num_cores: int | None = None):
         return search_target(spec)
     if spec.kind != "llvm":
         raise QCompileError(f"target '{spec.name}': tuning runs on CPU targets (llvm); {spec.kind} kernels use TVM's GPU schedules")
-    cores = num_cores or (os.cpu_count() or 1)
+    from .threads import use_physical_cores
+
+    cores = num_cores or use_physical_cores()  # the threads the kernels are measured with
     return tvm.target.Target({"kind": "llvm", **spec.llvm, "num-cores": cores})
 
 

@@ -1,17 +1,21 @@
 // qcompile_run: loads a qcompile artifact (a Relax VM executable in a shared library) through
 // the tvm-ffi C++ API and runs its `main` on .npy inputs, writing .npy outputs.
 //
-//   qcompile_run MODEL.so OUT_DIR [--repeat N] IN0.npy [IN1.npy ...]
+//   qcompile_run MODEL.so OUT_DIR [--repeat N] [--threads N] IN0.npy [IN1.npy ...]
 //
 // Inputs are passed in the model's parameter order; outputs are written as OUT_DIR/output_<i>.npy
 // (OUT_DIR is created if missing).
 // With --repeat N, main runs N more times and the median latency in ms is printed as
 // "latency_ms_median=<value>".
+// Kernels run on --threads N threads, else TVM_NUM_THREADS / OMP_NUM_THREADS, else one per
+// physical core this process may run on (TVM's own default is half the logical CPUs on x86,
+// which on a machine without SMT is half its cores). "threads=<n>" is printed.
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <sched.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -22,6 +26,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -138,20 +143,52 @@ void CollectOutputs(const ffi::Any& result, std::vector<ffi::Tensor>* outputs) {
   }
 }
 
+std::string ReadLine(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+// Distinct (package, core) pairs among the CPUs in this process's affinity mask.
+int PhysicalCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  std::set<std::string> cores;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &set)) continue;
+    std::string topo = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    std::string package = ReadLine(topo + "physical_package_id"), core = ReadLine(topo + "core_id");
+    cores.insert(core.empty() ? "cpu" + std::to_string(cpu) : package + ":" + core);
+  }
+  return std::max<int>(1, static_cast<int>(cores.size()));
+}
+
+bool IsCount(const char* value) {
+  return value != nullptr && *value != '\0' && std::strspn(value, "0123456789") == std::strlen(value);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3) Fail("usage: qcompile_run MODEL.so OUT_DIR [--repeat N] IN0.npy [IN1.npy ...]");
+  if (argc < 3) Fail("usage: qcompile_run MODEL.so OUT_DIR [--repeat N] [--threads N] IN0.npy [IN1.npy ...]");
   std::string model = argv[1], out_dir = argv[2];
   int repeat = 0;
+  std::string threads;
   std::vector<ffi::Tensor> inputs;
   for (int i = 3; i < argc; ++i) {
     if (std::string(argv[i]) == "--repeat" && i + 1 < argc) {
       repeat = std::atoi(argv[++i]);
+    } else if (std::string(argv[i]) == "--threads" && i + 1 < argc) {
+      threads = argv[++i];
+      if (!IsCount(threads.c_str()) || std::atoi(threads.c_str()) < 1) Fail("--threads " + threads + ": not a positive count");
     } else {
       inputs.push_back(ReadNpy(argv[i]));
     }
   }
+  if (threads.empty() && !IsCount(std::getenv("TVM_NUM_THREADS")) && !IsCount(std::getenv("OMP_NUM_THREADS")))
+    threads = std::to_string(PhysicalCores());
+  if (!threads.empty()) setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read by TVM at each parallel launch
   try {
     ffi::Module lib = ffi::Module::LoadFromFile(model);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
@@ -178,6 +215,8 @@ int main(int argc, char** argv) {
       std::printf("latency_ms_median=%.4f\n", times[times.size() / 2]);
     }
     std::printf("outputs=%zu\n", outputs.size());
+    if (auto num_threads = ffi::Function::GetGlobal("runtime.NumThreads"))
+      std::printf("threads=%d\n", (*num_threads)().cast<int>());
   } catch (const std::exception& e) {
     Fail(std::string(model) + ": " + e.what());
   }
