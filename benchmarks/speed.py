@@ -17,6 +17,7 @@ Tuning records are kept in benchmarks/records/ (ignored by git): a rerun resumes
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -172,8 +173,9 @@ def write(sections, curve, seconds: float, args) -> None:
 
     host = detect_host()
     lines = ["# Speed: qcompile against onnxruntime (same CPU, same run)", "",
-             f"Machine: {platform.machine()}, {_cpu_name()}, 2 cores; schedule family `{host['family']}` "
-             f"(features {' '.join(host['llvm']['mattr'])}). onnxruntime {ort.__version__}, default threads. "
+             f"Machine: {platform.machine()}, {_cpu_name()}, {os.cpu_count()} CPUs; schedule family `{host['family']}` "
+             f"(features {' '.join(host['llvm']['mattr'])}). onnxruntime {ort.__version__}, default threads "
+             f"(one per physical core); qcompile TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')} (qcompile/threads.py). "
              f"Median of {args.repeat} runs after warm-up; ratio = onnxruntime int8 ms / this row's ms "
              f"(> 1 is faster than onnxruntime int8). Benchmark wall time {seconds / 60:.0f} min.", ""]
     for model, batch, rows in sections:
