@@ -236,9 +236,15 @@ def test_latency_search_times_its_choice_against_uniform_int8(tmp_path, fashion)
     assert per_element > 0 and intercept >= 0
     for row in result.layers:  # an integer layer's cost no longer carries its own conversions
         assert row["latency"]["int8"] <= cache["latency_us"][row["name"]]["int8"]
+    # What holds on every machine: the choice is within the budget on real kernels, and it was timed
+    # beside every other built candidate within the budget (uniform int8 among them whenever its
+    # real drop is within), and none of them ran faster. Which configuration wins depends on the CPU.
     timed = [c for c in result.checked if "latency_us" in c]
+    within = [c for c in result.checked if c["real_drop"] <= 1.0]
+    assert timed and [c["precisions"] for c in timed] == [c["precisions"] for c in within]
     int8 = {row["name"]: "int8" for row in result.layers}
-    assert int8 in [c["precisions"] for c in timed]  # uniform int8 is within 1 point here, so it is timed
+    if result.uniform["int8"]["simulated_drop"] <= 1.0:
+        assert int8 in [c["precisions"] for c in result.checked]  # the baseline was built and checked
     chosen = next(c for c in result.checked if c["accepted"])
     assert chosen["precisions"] == result.precisions and chosen["real_drop"] <= 1.0
     assert chosen["latency_us"] == min(c["latency_us"] for c in timed)
