@@ -291,7 +291,9 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
         pending.append(int8)  # the baseline a mixed choice must beat, timed beside the candidates
     within, timed = [], 0
     for cand in pending:
-        if objective == "latency" and cand is not int8 and timed >= timed_candidates:
+        # compared by value: a simulated candidate may itself be uniform int8, and it is the baseline then
+        baseline = cand["precisions"] == int8["precisions"]
+        if objective == "latency" and not baseline and timed >= timed_candidates:
             continue
         config = dataclasses.replace(base, precisions=cand["precisions"], progress=False)
         qmod, report = quantize_module(mod, imported.inputs, batches, config, imported.layer_names)
@@ -307,7 +309,7 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
         if objective == "size":
             break
         checked["latency_us"] = device.vm_us(executable, [np.asarray(batches[0][n]) for n in names])
-        timed += cand is not int8
+        timed += not baseline
     if within:
         checked, qmod, report = min(within, key=lambda w: w[0].get("latency_us", 0.0))  # size: the first
         checked["accepted"] = True
