@@ -21,6 +21,11 @@ class compiling:
     def __exit__(self, kind, err, tb):
         if err is None or isinstance(err, QCompileError) or not isinstance(err, Exception):
             return False
-        from .frontends.common import last_line
-
         raise QCompileError(f"compiling for target '{self.spec.name}' failed: {last_line(err)}") from None
+
+
+def last_line(err: BaseException) -> str:
+    """The informative line of an exception raised deep in TVM (no C++ backtrace)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    msg = next((ln for ln in reversed(lines) if not ln.startswith(("File ", "at ", "0:", "1:"))), type(err).__name__)
+    return f"{type(err).__name__}: {msg}"[:400]

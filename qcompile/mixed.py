@@ -60,7 +60,7 @@ def layer_module(mod, node):
     """The compute node (op and epilogue) alone, as a module of one float input."""
     from tvm import relax
 
-    from .quantize.ir import main_bindings, substitute, tensor_shape
+    from .ir import main_bindings, substitute, tensor_shape
 
     defs = dict(main_bindings(mod))
     x_in = defs[node.members[0]].args[0]
@@ -84,7 +84,7 @@ def measure_layer_latency(mod, node, precision: str, spec, base, device) -> floa
     from .frontends.common import TensorInfo
     from .pipeline import compile_module
     from .quantize import quantize_module
-    from .quantize.ir import tensor_shape
+    from .ir import tensor_shape
 
     single = layer_module(mod, node)
     shape = tuple(tensor_shape(single["main"].params[0]))
@@ -104,7 +104,7 @@ def measure_conversions(spec, device) -> dict[str, list[float]]:
     from tvm.relax import op as R
 
     from .pipeline import compile_module
-    from .quantize.ir import const
+    from .ir import const
 
     fits = {}
     for kind, dtype in (("quantize", "float32"), ("dequantize", "int8")):
@@ -129,7 +129,7 @@ def boundary_costs(mod, p, layers, measured: dict, conversions: dict) -> tuple[d
     (it had float on both sides), and those conversions as edges (producer, consumer, dequantize,
     quantize) between layers; a layer fed by the model's input, or feeding its output, keeps the
     conversion on that side."""
-    from .quantize.ir import main_bindings, tensor_shape
+    from .ir import main_bindings, tensor_shape
     from .quantize.search import INTEGER, layer_edges
 
     defs = dict(main_bindings(mod))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .errors import QCompileError, compiling
 from .frontends import load_model
-from .report import layer_table
+from .passes import float_passes
+from .layers import layer_table
 from .targets import get_target
 from .toolchain import compiler
 
@@ -21,24 +22,9 @@ class BuildResult:
     metadata: dict
 
 
-def float_passes():
-    """Inference simplifications every build gets before quantization or scheduling: batch
-    norms folded into the convolutions before them, constants folded, aliases removed."""
-    import tvm
-    from tvm import relax
-
-    from .canonicalize import canonicalize_clip
-    from .fold_constants import FoldConstantsWithNumpy
-
-    return [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-            FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
-            tvm.transform.module_pass(lambda mod, _ctx: canonicalize_clip(mod), opt_level=0, name="CanonicalizeClip"),
-            relax.transform.DeadCodeElimination()]
-
-
 def weight_bytes(mod) -> int:
     """Bytes of the tensor constants (the weights) that `main`'s bindings hold."""
-    from .quantize.ir import const_value, constants_in, main_bindings
+    from .ir import const_value, constants_in, main_bindings
 
     return sum(const_value(c).nbytes for _, value in main_bindings(mod) for c in constants_in(value))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QCompileError
-from .frontends.common import last_line
+from .errors import last_line
 from .records import (TARGET, VERIFIED, best_records, check_target, open_database, read_json, record_counts,
                       workload_key, write_json)
 from .targets import get_target

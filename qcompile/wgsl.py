@@ -120,7 +120,7 @@ def plan_module(mod, spec, input_names: list[str], output_names: list[str]):
     """(plan dict, {const key: array}) for the scheduled module's `main`."""
     from tvm import relax
 
-    from .quantize.ir import const_value, is_const
+    from .ir import const_value, is_const
 
     target = spec.tvm_target()
     planner = _Planner()

@@ -13,7 +13,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 
-from .frontends.common import last_line
+from .errors import last_line
 from .tune import param_types, random_arrays
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
-from qcompile.quantize.ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
+from qcompile.ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
 
 from .intrinsics import Int8Kernel
 

@@ -22,7 +22,7 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax import op as R
 
-from qcompile.quantize.ir import const_value, is_const, op_name, rewrite_main, tensor_dtype
+from qcompile.ir import const_value, is_const, op_name, rewrite_main, tensor_dtype
 
 NARROW = ("int8", "uint8", "int16")
 DOT_KERNEL = "qcompile_dot4_conv"

@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from qcompile.fold_constants import fold_constants
+from qcompile.passes.fold_constants import fold_constants
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((4, 3, 3, 3)).astype("float32")
@@ -77,7 +77,7 @@ def test_integer_division_and_unknown_ops_are_left_to_tvm():
                 R.output(c, b)
             return (c, b)
 
-    from qcompile.quantize.ir import main_bindings, op_name
+    from qcompile.ir import main_bindings, op_name
 
     calls = [op_name(v) for _, v in main_bindings(fold_constants(Ints)) if isinstance(v, relax.Call)]
     assert calls == ["divide", "nn.relu", "add"]

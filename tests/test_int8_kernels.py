@@ -119,7 +119,7 @@ def test_int8_activations_stay_channels_last_between_packed_kernels():
     the classifier (its flatten is NCHW), none between the packed kernels."""
     from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
     from qcompile.pipeline import prepare
-    from qcompile.quantize.ir import main_bindings, op_name
+    from qcompile.ir import main_bindings, op_name
     from schedules import relax_passes
 
     x, _ = fashion_mnist("t10k")

@@ -17,10 +17,10 @@ from tvm.script import relax as R
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
 from qcompile.execute import load_library
 from qcompile.frontends import load_model
-from qcompile.pipeline import float_passes
+from qcompile.passes import float_passes
 from qcompile.quantize import QuantConfig, half_precision, quantize_module
 from qcompile.quantize.annotate import plan
-from qcompile.quantize.ir import const_value, is_const, main_bindings, op_name
+from qcompile.ir import const_value, is_const, main_bindings, op_name
 from qcompile.quantize.search import (candidates, exhaustive, group_tables, layer_edges, layer_groups, predicted,
                                       solve)
 

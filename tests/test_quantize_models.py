@@ -14,9 +14,9 @@ from test_cli import assert_one_line_error, qc
 
 import qcompile
 from qcompile.frontends import load_model
-from qcompile.pipeline import float_passes
+from qcompile.passes import float_passes
 from qcompile.quantize import QuantConfig, quantize_module
-from qcompile.quantize.ir import main_bindings, op_name, tensor_dtype
+from qcompile.ir import main_bindings, op_name, tensor_dtype
 from qcompile.quantize.params import weight_qparams
 
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx

@@ -10,7 +10,7 @@ from tvm.relax import op as R
 from qcompile.quantize import annotate, insert_qdq, realize
 from qcompile.quantize.annotate import Policy, plan
 from qcompile.quantize.calibrate import host_vm
-from qcompile.quantize.ir import observe
+from qcompile.ir import observe
 from qcompile.quantize.params import QParams
 
 RNG = np.random.default_rng(0)

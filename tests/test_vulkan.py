@@ -12,7 +12,7 @@ from tvm import te
 import qcompile
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
 from qcompile.pipeline import prepare
-from qcompile.quantize.ir import main_bindings, op_name, tensor_dtype
+from qcompile.ir import main_bindings, op_name, tensor_dtype
 from schedules.wgsl_int8 import mul_shift_te, pack_weight_words, wgsl_int_pass
 
 wgpu = pytest.importorskip("wgpu", reason="the vulkan extra (bash .ci/setup installs it)")

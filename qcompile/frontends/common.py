@@ -86,9 +86,3 @@ def output_infos(mod, names: list[str]) -> list[TensorInfo]:
         infos.append(TensorInfo(name, shape, str(sinfo.dtype)))
     return infos
 
-
-def last_line(err: BaseException) -> str:
-    """The informative line of an exception raised deep in TVM (no C++ backtrace)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    msg = next((ln for ln in reversed(lines) if not ln.startswith(("File ", "at ", "0:", "1:"))), type(err).__name__)
-    return f"{type(err).__name__}: {msg}"[:400]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import QCompileError
-from .common import ImportedModel, TensorInfo, check_input_names, last_line, output_infos, raise_unsupported, resolve_shape
+from ..errors import QCompileError, last_line
+from .common import ImportedModel, TensorInfo, check_input_names, output_infos, raise_unsupported, resolve_shape
 
 COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
 

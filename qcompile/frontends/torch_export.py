@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import QCompileError
-from .common import ImportedModel, TensorInfo, last_line, output_infos, raise_unsupported
+from ..errors import QCompileError, last_line
+from .common import ImportedModel, TensorInfo, output_infos, raise_unsupported
 
 COMPUTE_TARGETS = ("convolution.", "conv1d.", "conv2d.", "linear.", "matmul.", "mm.", "addmm.", "bmm.", "conv_transpose2d.")
 

@@ -17,8 +17,8 @@ from .dynamic import MODES as DYNAMIC_MODES
 from .dynamic import dynamic_quantize
 from .half import half_precision
 from .insert_qdq import insert_qdq, weight_axis
-from .ir import const_value, is_const, main_bindings, op_name
-from .ops import OP_KINDS, short_name
+from ..ir import const_value, is_const, main_bindings, op_name
+from ..ops import OP_KINDS, short_name
 from .params import QParams, weight_qparams
 from .ranges import METHODS
 from .realize import realize
@@ -138,7 +138,7 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
 
 
 def _matmul_names(mod, layer_names) -> list[str]:
-    from ..report import compute_layer_names
+    from ..layers import compute_layer_names
 
     names = compute_layer_names(mod, layer_names)
     return [names[v] for v, value in main_bindings(mod) if op_name(value) == "matmul" and is_const(value.args[1])]

@@ -7,7 +7,7 @@ import numpy as np
 from tvm import relax
 
 from ..errors import QCompileError
-from .ir import emit_as_is, observe_site, rewrite_main
+from ..ir import emit_as_is, observe_site, rewrite_main
 from .params import QParams, activation_qparams
 from .ranges import HistogramObserver, estimate_range
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from tvm.relax import op as R
 
-from .ir import const, const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
+from ..ir import const, const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
 
 HALF_OPS = ("nn.conv2d", "matmul")
 

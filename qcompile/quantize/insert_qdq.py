@@ -10,8 +10,8 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from .ir import const, const_value, emit_as_is, is_const, observe_site, op_name, rewrite_main, tensor_shape
-from .ops import COMPUTE, PASSTHROUGH
+from ..ir import const, const_value, emit_as_is, is_const, observe_site, op_name, rewrite_main, tensor_shape
+from ..ops import COMPUTE, PASSTHROUGH
 from .params import QParams, weight_qparams
 
 

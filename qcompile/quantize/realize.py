@@ -19,8 +19,8 @@ from tvm import relax
 from tvm.relax import op as R
 
 from .insert_qdq import weight_axis
-from .ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape, vars_in
-from .ops import COMPUTE, ELEMENTWISE, PASSTHROUGH
+from ..ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape, vars_in
+from ..ops import COMPUTE, ELEMENTWISE, PASSTHROUGH
 from .params import weight_qparams
 
 NARROW = ("int8", "uint8")

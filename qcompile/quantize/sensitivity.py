@@ -21,7 +21,7 @@ from tvm.relax import op as R
 
 from .annotate import Plan
 from .insert_qdq import fake_quantize_weight, qdq
-from .ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main
+from ..ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main
 from .params import QParams
 
 LOWERED = ("int4", "int8", "fp16")  # what a layer is lowered to from fp32

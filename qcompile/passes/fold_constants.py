@@ -12,7 +12,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .quantize.ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype, tensor_shape
+from ..ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype, tensor_shape
 
 FLOAT_ELEMENTWISE = {
     "add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,

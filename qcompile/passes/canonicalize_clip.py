@@ -10,7 +10,7 @@ import re
 from tvm import relax
 from tvm.relax import op as R
 
-from .quantize.ir import const_value, emit_as_is, is_scalar_const, op_name, rewrite_main
+from ..ir import const_value, emit_as_is, is_scalar_const, op_name, rewrite_main
 
 _TE_BOUND = re.compile(r"^(maximum|minimum)\d*$")
 

@@ -1,5 +1,6 @@
-"""What the quantizer knows about each Relax op, as tables: which ops compute with weights,
-which are elementwise (and how to evaluate them for a lookup table), which only move data."""
+"""Op tables: which Relax ops are layers (compute with weights), which are elementwise (and how to
+evaluate them for a lookup table), which only move data. The quantizer, the reports and the
+schedules read these; nothing here imports the rest of qcompile."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ ELEMENTWISE = {
     "nn.silu": lambda x: x * _sigmoid(x), "nn.gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
     "nn.gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
     "floor": np.floor, "ceil": np.ceil, "round": np.round,
+}
+
+# Full Relax op name -> the layer kind reports and layer names use (every op with a weight operand).
+LAYER_OPS = {
+    "relax.nn.conv2d": "conv2d", "relax.nn.conv1d": "conv1d", "relax.matmul": "matmul",
+    "relax.linear": "dense", "relax.nn.dense": "dense", "relax.nn.conv2d_transpose": "conv2d_transpose",
 }
 
 # Ops whose weight operand (index 1) is per-output-channel quantized along `weight_axis`;

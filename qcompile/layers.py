@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-COMPUTE_OPS = {
-    "relax.nn.conv2d": "conv2d", "relax.nn.conv1d": "conv1d", "relax.matmul": "matmul",
-    "relax.linear": "dense", "relax.nn.dense": "dense", "relax.nn.conv2d_transpose": "conv2d_transpose",
-}
+from .ops import LAYER_OPS
 
 
 def _compute_bindings(mod, func_name: str = "main"):
     for block in mod[func_name].body.blocks:
         for binding in block.bindings:
             op_name = getattr(getattr(binding.value, "op", None), "name", None)
-            if op_name in COMPUTE_OPS:
-                yield binding, COMPUTE_OPS[op_name]
+            if op_name in LAYER_OPS:
+                yield binding, LAYER_OPS[op_name]
 
 
 def compute_layer_names(mod, source_names: list[str] | None = None, func_name: str = "main") -> dict:

@@ -1,0 +1,18 @@
+"""Float passes: the inference simplifications every build gets before quantization or scheduling."""
+
+from __future__ import annotations
+
+
+def float_passes():
+    """Batch norms folded into the convolutions before them, constants folded, clips made Relax
+    ops again, aliases removed."""
+    import tvm
+    from tvm import relax
+
+    from .canonicalize_clip import canonicalize_clip
+    from .fold_constants import FoldConstantsWithNumpy
+
+    return [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
+            FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
+            tvm.transform.module_pass(lambda mod, _ctx: canonicalize_clip(mod), opt_level=0, name="CanonicalizeClip"),
+            relax.transform.DeadCodeElimination()]
