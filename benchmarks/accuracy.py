@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datasets as D  # noqa: E402
-from qcompile.execute import load_library  # noqa: E402
+
+from qcompile.backends.cpu.run import load_library  # noqa: E402
 from qcompile.peer import ORT_METHODS, ort_quantize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.md"
@@ -52,7 +53,7 @@ def ort_predict(model: Path, batches: list[np.ndarray], input_name: str) -> np.n
 
 def qcompile_build(model: Path, out: Path, shape: list[int], input_name: str, calib: np.ndarray | None,
                    method: str | None, workdir: Path):
-    from qcompile.pipeline import build
+    from qcompile.builder import build
 
     quantize, calib_path = None, None
     if method is not None:

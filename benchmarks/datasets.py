@@ -11,8 +11,13 @@ from pathlib import Path
 import numpy as np
 
 # re-exported for the benchmarks
-from qcompile.examples import (efficientnet_lite0_onnx, fashion_mnist, fashion_mnist_cnn_onnx,  # noqa: F401
-                               imagenet_normalize, imagenet_preprocess)
+from qcompile.examples import (  # noqa: F401
+    efficientnet_lite0_onnx,
+    fashion_mnist,
+    fashion_mnist_cnn_onnx,
+    imagenet_normalize,
+    imagenet_preprocess,
+)
 
 FASHION_ONNX = fashion_mnist_cnn_onnx()
 

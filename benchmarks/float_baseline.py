@@ -60,7 +60,7 @@ def main() -> None:
         "| runtime | median ms | ratio to onnxruntime fp32 |", "| --- | ---: | ---: |",
         *[f"| {name} | {ms:.2f} | {ms / ort_ms:.2f}x |" for name, ms in rows], "",
         f"qcompile build time: {build_s:.1f} s. Max |difference| from onnxruntime: {diff:.2e}.", "",
-        "Untuned builds get schedules/cpu_default.py (parallel outer loops, register-tiled output "
+        "Untuned builds get backends/cpu/default_schedule.py (parallel outer loops, register-tiled output "
         "channels, vectorized rows; 81x behind onnxruntime before it). Per-ISA int8 intrinsics and "
         "MetaSchedule tuning (the schedules issue) are what close the rest.", "",
     ]

@@ -30,10 +30,10 @@ sys.path.insert(0, str(HERE.parent))
 import datasets as D  # noqa: E402
 
 import qcompile  # noqa: E402
-from qcompile.execute import load_library  # noqa: E402
+from qcompile.backends.cpu.run import load_library  # noqa: E402
+from qcompile.builder import prepare  # noqa: E402
 from qcompile.mixed import read_precision_config, search  # noqa: E402
-from qcompile.mixed_report import checked_table_md, layer_table_md, write_mixed  # noqa: E402
-from qcompile.pipeline import prepare  # noqa: E402
+from qcompile.mixed.report import checked_table_md, layer_table_md, write_mixed  # noqa: E402
 from qcompile.quantize import QuantConfig  # noqa: E402
 from qcompile.quantize.sensitivity import as_tensors, run_batches, top1_metric  # noqa: E402
 

@@ -25,7 +25,7 @@ from float_baseline import median_ms  # noqa: E402
 from speed import RESULTS, WORK  # noqa: E402
 
 import qcompile  # noqa: E402,F401 - sets the thread count before TVM runs anything
-from qcompile.execute import load_library  # noqa: E402
+from qcompile.backends.cpu.run import load_library  # noqa: E402
 
 CASES = [("fashion-cnn", (1, 28, 28), 1), ("fashion-cnn", (1, 28, 28), 8),
          ("efficientnet-lite0", (3, 224, 224), 1), ("efficientnet-lite0", (3, 224, 224), 8)]

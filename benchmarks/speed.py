@@ -32,11 +32,11 @@ import datasets as D  # noqa: E402
 from float_baseline import median_ms  # noqa: E402
 
 import qcompile  # noqa: E402
+from qcompile.backends.cpu.run import load_library  # noqa: E402
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx  # noqa: E402
-from qcompile.execute import load_library  # noqa: E402
 from qcompile.peer import ort_quantize  # noqa: E402
 from qcompile.targets import detect_host  # noqa: E402
-from qcompile.tune import tune  # noqa: E402
+from qcompile.tuning import tune  # noqa: E402
 
 RESULTS = HERE / "results"
 RECORDS = HERE / "records"

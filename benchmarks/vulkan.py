@@ -1,5 +1,5 @@
 """Vulkan: the vulkan target's kernels on this machine's Vulkan driver, untuned (dlight's default
-GPU schedules) and tuned on the device (MetaSchedule through qcompile/wgsl_tune.py), beside the
+GPU schedules) and tuned on the device (MetaSchedule through qcompile/backends/vulkan/tuning.py), beside the
 host build of the same model. Writes benchmarks/results/vulkan.md.
 
     python benchmarks/vulkan.py [--trials 16] [--batch 8] [--repeat 20]
@@ -22,9 +22,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import qcompile  # noqa: E402
+from qcompile.backends.vulkan.runtime import VulkanModel  # noqa: E402
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx  # noqa: E402
-from qcompile.tune import tune  # noqa: E402
-from qcompile.vulkan_runtime import VulkanModel  # noqa: E402
+from qcompile.tuning import tune  # noqa: E402
 
 RESULTS = HERE / "results"
 RECORDS = HERE / "records"

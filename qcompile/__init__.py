@@ -13,10 +13,10 @@ from .threads import use_physical_cores
 
 use_physical_cores()
 
+from .api import build  # noqa: E402
 from .artifact import read_metadata as inspect  # noqa: E402
 from .errors import QCompileError  # noqa: E402
 from .execute import run  # noqa: E402
-from .pipeline import build  # noqa: E402
 from .targets import get_target, list_targets  # noqa: E402
 
 __all__ = ["QCompileError", "build", "get_target", "inspect", "list_targets", "run"]

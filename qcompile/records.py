@@ -35,7 +35,7 @@ def _repair(path: Path) -> int:
 def open_database(folder, create: bool = False):
     from tvm.s_tir import meta_schedule as ms
 
-    from schedules.intrinsics import register_all
+    from .backends.packed.intrinsics import register_all
 
     register_all()  # loading replays the records' traces, which name qcompile's intrinsics
     folder = Path(folder)

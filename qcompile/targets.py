@@ -1,4 +1,5 @@
-"""Targets are data: one TOML file per device in `targets/`, resolved here into TVM targets."""
+"""Targets are data: one TOML file per device in `targets/`, resolved here (the host's CPU flags
+filled in); the backend for its kind turns it into a TVM target."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class TargetSpec:
     schedule_family: str
     llvm: dict
     cuda: dict | None = None
-    webgpu: dict | None = None  # the vulkan kind: WGSL kernels run through wgpu (qcompile/wgsl.py)
+    webgpu: dict | None = None  # the vulkan kind: WGSL kernels run through wgpu (backends/vulkan/)
     toolchain: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     source: Path | None = None
@@ -40,17 +41,8 @@ class TargetSpec:
 
     @property
     def kind(self) -> str:
-        return "cuda" if self.cuda else "vulkan" if self.webgpu is not None else "llvm"
-
-    def tvm_target(self):
-        import tvm
-
-        host = tvm.target.Target({"kind": "llvm", **self.llvm})
-        if self.cuda:
-            return tvm.target.Target({"kind": "cuda", **self.cuda}, host=host)
-        if self.webgpu is not None:  # Vulkan through WGSL (qcompile/wgsl.py)
-            return tvm.target.Target({"kind": "webgpu", **self.webgpu}, host={"kind": "llvm"})
-        return host
+        """The backend that compiles for it (backends.backend_for): cpu, cuda or vulkan."""
+        return "cuda" if self.cuda else "vulkan" if self.webgpu is not None else "cpu"
 
     def features(self) -> list[str]:
         return list(self.llvm.get("mattr", []))

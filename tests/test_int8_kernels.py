@@ -9,11 +9,19 @@ import tvm
 from conftest import requires
 from tvm import te
 
+from qcompile.backends import backend_for
+from qcompile.backends.families import FAMILIES
+from qcompile.backends.packed.pack import (
+    fits_int4,
+    pack_depthwise_weight,
+    pack_int4,
+    pack_weight,
+    packed_conv_te,
+    packed_depthwise_te,
+    unpack_int4,
+)
+from qcompile.backends.packed.schedule import Int8Packed
 from qcompile.targets import _cpu_flags, get_target
-from schedules.int8_packed import (fits_int4, pack_depthwise_weight, pack_int4, pack_weight, packed_conv_te,
-                                   packed_depthwise_te, unpack_int4)
-from schedules.int8_schedule import Int8Packed
-from schedules.intrinsics import KERNELS
 
 TARGETS = {  # family -> (LLVM target fields, the CPU flags needed to run it here)
     "x86-vnni": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"]},
@@ -34,7 +42,7 @@ def _i64(*dims):
 def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False, layout="NCHW"):
     """A packed kernel, its inputs and the float64 reference (in `layout`, NCHW or NHWC)."""
     c, oc, hw = (24, 24, hw or 14) if depthwise else (20, 40, hw or 10)  # channels that fill no whole tile
-    kernel = KERNELS[family].for_layer((hw - 1) // stride + 1, stride)
+    kernel = FAMILIES[family].int8.for_layer((hw - 1) // stride + 1, stride)
     to_layout = (lambda a: a) if layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)))
     x = te.placeholder(_i64(*to_layout(np.zeros((1, c, hw, hw))).shape), input_dtype, "x")
     conv = {"strides": [stride, stride], "padding": [1, 1, 1, 1], "dilation": [1, 1], "layout": layout}
@@ -70,7 +78,7 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
 def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input_dtype, layout):
     lib, tensors, ref, kernel = _conv_kernel(family, input_dtype, layout=layout)
     asm = lib.mod.inspect_source("asm")
-    assert kernel.instruction == KERNELS[family].instruction  # an even output width: the family's own
+    assert kernel.instruction == FAMILIES[family].int8.instruction  # an even output width: the family's own
     assert kernel.instruction in asm
     needs = TARGETS[family][1]
     if needs is None or not needs <= _cpu_flags():
@@ -117,15 +125,14 @@ def test_int8_activations_stay_channels_last_between_packed_kernels():
     """The CPU families' Relax passes put int8 convolutions in NHWC and pack them: on the Fashion
     CNN the only transposes left are at the model's input (before the first convolution) and at
     the classifier (its flatten is NCHW), none between the packed kernels."""
+    from qcompile.builder import prepare
     from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
-    from qcompile.pipeline import prepare
     from qcompile.ir import main_bindings, op_name
-    from schedules import relax_passes
 
     x, _ = fashion_mnist("t10k")
     p = prepare(fashion_mnist_cnn_onnx(), "x86-avx2", {"image": [1, 1, 28, 28]}, {"progress": False},
                 [{"image": x[i:i + 1]} for i in range(4)])
-    ops = [op_name(v) for _, v in main_bindings(tvm.transform.Sequential(relax_passes("x86-avx2"))(p.mod))]
+    ops = [op_name(v) for _, v in main_bindings(tvm.transform.Sequential(backend_for(p.spec).relax_passes())(p.mod))]
     packed = [i for i, name in enumerate(ops) if name == "call_tir"]
     transposes = [i for i, name in enumerate(ops) if name == "permute_dims"]
     assert "nn.conv2d" not in ops and "clip" not in ops and len(packed) >= 5
@@ -142,8 +149,8 @@ def test_i8mm_falls_back_to_sdot_on_odd_widths():
 def test_a_real_cnn_built_for_the_target_holds_its_instruction(target, instruction, at_least):
     """The Fashion-MNIST CNN in int8 for each target: its code holds the family's instruction
     (graviton3: smmla where the row width is even, sdot on the 7-wide rows)."""
+    from qcompile.builder import compile_module, prepare
     from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
-    from qcompile.pipeline import compile_module, prepare
 
     x, _ = fashion_mnist("t10k")
     p = prepare(fashion_mnist_cnn_onnx(), target, {"image": [1, 1, 28, 28]}, {"progress": False},
@@ -157,8 +164,8 @@ def test_a_real_cnn_built_for_the_target_holds_its_instruction(target, instructi
 def test_cuda_int8_kernels_use_dp4a():
     from tvm.support import nvcc
 
+    from qcompile.builder import compile_module, prepare
     from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
-    from qcompile.pipeline import compile_module, prepare
 
     x, _ = fashion_mnist("t10k")
     p = prepare(fashion_mnist_cnn_onnx(), "cuda-sm80", {"image": [1, 1, 28, 28]}, {"progress": False},
@@ -166,7 +173,7 @@ def test_cuda_int8_kernels_use_dp4a():
     ex = compile_module(p.mod, p.spec)
     src = "".join(m.inspect_source() for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "cuda"))
     assert src.count("__dp4a") >= 5
-    with p.spec.tvm_target():
+    with backend_for(p.spec).tvm_target():
         ptx = nvcc.compile_cuda(src, target_format="ptx", arch="sm_80", compiler="nvcc").decode()
     assert "dp4a.s32.s32" in ptx
     assert get_target("cuda-sm80").schedule_family == "cuda"
@@ -180,7 +187,7 @@ def test_cuda_large_int8_matmuls_use_int8_tensor_cores(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
     from tvm.support import nvcc
 
-    from qcompile.pipeline import compile_module, prepare
+    from qcompile.builder import compile_module, prepare
 
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((256, 256)) * 0.1).astype("float32")
@@ -196,6 +203,6 @@ def test_cuda_large_int8_matmuls_use_int8_tensor_cores(tmp_path):
     ex = compile_module(p.mod, p.spec)
     src = "".join(m.inspect_source() for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "cuda"))
     assert src.count("wmma::mma_sync") >= 2
-    with p.spec.tvm_target():
+    with backend_for(p.spec).tvm_target():
         ptx = nvcc.compile_cuda(src, target_format="ptx", arch="sm_80", compiler="nvcc").decode()
     assert "wmma.mma.sync" in ptx and ".s8" in ptx

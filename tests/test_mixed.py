@@ -14,15 +14,15 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
+from qcompile.backends import host_engine
+from qcompile.backends.cpu.run import load_library
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
-from qcompile.execute import load_library
 from qcompile.frontends import load_model
+from qcompile.ir import const_value, is_const, main_bindings, op_name
 from qcompile.passes import float_passes
 from qcompile.quantize import QuantConfig, half_precision, quantize_module
 from qcompile.quantize.annotate import plan
-from qcompile.ir import const_value, is_const, main_bindings, op_name
-from qcompile.quantize.search import (candidates, exhaustive, group_tables, layer_edges, layer_groups, predicted,
-                                      solve)
+from qcompile.quantize.search import candidates, exhaustive, group_tables, layer_edges, layer_groups, predicted, solve
 
 FASHION = fashion_mnist_cnn_onnx()
 W = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype("float32")
@@ -67,7 +67,7 @@ def test_int4_layers_keep_4bit_codes_and_fp16_layers_float16(fashion):
     imported, mod, x, _ = fashion
     names = imported.layer_names
     config = QuantConfig(progress=False, precisions={names[1]: "int4", names[2]: "fp16", names[3]: "fp32"})
-    q, report = quantize_module(mod, imported.inputs, [{"image": x[:100]}], config, names)
+    q, report = quantize_module(mod, imported.inputs, [{"image": x[:100]}], config, names, engine=host_engine)
     weights = [(op_name(v), const_value(v.args[1])) for _, v in main_bindings(q)
                if op_name(v) in ("nn.conv2d", "matmul") and is_const(v.args[1])]
     dtypes = [str(w.dtype) for _, w in weights]
@@ -222,8 +222,8 @@ def test_mixed_build_honours_the_budget_and_its_config_rebuilds_the_same_artifac
 def test_latency_search_times_its_choice_against_uniform_int8(tmp_path, fashion):
     """The latency objective: conversions move from the layers to the edges, and the built
     candidates within budget are timed whole beside uniform int8; the fastest is chosen."""
+    from qcompile.builder import prepare
     from qcompile.mixed import search
-    from qcompile.pipeline import prepare
 
     _, _, x, y = fashion
     np.savez(tmp_path / "data.npz", image=x)

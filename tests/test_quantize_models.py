@@ -13,16 +13,16 @@ from onnx import TensorProto, helper, numpy_helper
 from test_cli import assert_one_line_error, qc
 
 import qcompile
+from qcompile.backends import host_engine
+from qcompile.backends.cpu.run import load_library
+from qcompile.backends.families import FAMILIES
+from qcompile.backends.packed.pack import pack_weight
+from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
 from qcompile.frontends import load_model
+from qcompile.ir import main_bindings, op_name, tensor_dtype
 from qcompile.passes import float_passes
 from qcompile.quantize import QuantConfig, quantize_module
-from qcompile.ir import main_bindings, op_name, tensor_dtype
 from qcompile.quantize.params import weight_qparams
-
-from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
-from qcompile.execute import load_library
-from schedules.int8_packed import pack_weight
-from schedules.intrinsics import KERNELS
 
 FASHION_ONNX = fashion_mnist_cnn_onnx()
 
@@ -93,7 +93,7 @@ def test_realized_cnn_computes_in_int8_with_no_float_between_quantized_ops(data)
     imported = load_model(FASHION_ONNX, {"image": [BATCH, 1, 28, 28]})
     mod = tvm.transform.Sequential(float_passes())(imported.mod)
     realized, report = quantize_module(mod, imported.inputs, [{"image": data["calib"][:BATCH]}],
-                                       QuantConfig(progress=False), imported.layer_names)
+                                       QuantConfig(progress=False), imported.layer_names, engine=host_engine)
     defs = dict(main_bindings(realized))
     computes = [(v, val) for v, val in defs.items() if op_name(val) in COMPUTE]
     assert len(computes) == 6  # five convolutions and the classifier
@@ -185,8 +185,8 @@ def test_dynamic_and_weight_only_int8_for_matmuls(tmp_path, mode):
     w1 = numpy_helper.to_array(onnx.load(str(model)).graph.initializer[0])
     stored = weight_qparams(w1, axis=1).quantize(w1)
     family = built.metadata["schedule_family"]
-    if mode == "dynamic" and family in KERNELS:  # int8 x int8: packed for the family's dot product
-        stored = pack_weight(stored.T.reshape(*stored.T.shape, 1, 1), KERNELS[family])
+    if mode == "dynamic" and FAMILIES[family].int8 is not None:  # int8 x int8: packed for the family's dot product
+        stored = pack_weight(stored.T.reshape(*stored.T.shape, 1, 1), FAMILIES[family].int8)
     assert stored.tobytes()[:512] in built.artifact.read_bytes()  # the .so holds the int8 weights themselves
     if mode == "weight-only":  # and no float copy of them (constant folding would make one)
         assert built.artifact.stat().st_size < (tmp_path / "f.so").stat().st_size - 0.5 * built.metadata["float_weight_bytes"]

@@ -7,10 +7,10 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
+from qcompile.backends import host_engine
+from qcompile.ir import observe
 from qcompile.quantize import annotate, insert_qdq, realize
 from qcompile.quantize.annotate import Policy, plan
-from qcompile.quantize.calibrate import host_vm
-from qcompile.ir import observe
 from qcompile.quantize.params import QParams
 
 RNG = np.random.default_rng(0)
@@ -133,7 +133,7 @@ def test_realize_turns_qdq_conv_into_int8_kernel_with_fixed_point_requantize():
 
 
 def _run(mod, x):
-    return host_vm(mod)["main"](tvm.runtime.tensor(x)).numpy()
+    return host_engine(mod)["main"](tvm.runtime.tensor(x)).numpy()
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -152,7 +152,7 @@ def test_realized_layer_is_within_one_step_of_simulation(symmetric):
     mod = _function(model)
     xs = [RNG.standard_normal((1, 3, 8, 8)).astype("float32") for _ in range(4)]
     annotated = annotate(mod)
-    qparams = choose_qparams(collect(annotated, [{"x": x} for x in xs], ["x"], progress=False), symmetric=symmetric)
+    qparams = choose_qparams(collect(annotated, [{"x": x} for x in xs], ["x"], host_engine, progress=False), symmetric=symmetric)
     simulated = insert_qdq(annotated, qparams)
     realized = realize(simulated)
     out_step = float(qparams["mean_0.out"].scale) if "mean_0.out" in qparams else None

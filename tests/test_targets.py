@@ -2,6 +2,7 @@ import pytest
 import tvm
 
 from qcompile import QCompileError, get_target, list_targets
+from qcompile.backends import backend_for
 from qcompile.targets import TARGETS_DIR, detect_host
 
 REQUIRED = {"host", "x86-avx512-vnni", "rpi4", "rpi5", "android-arm64", "rpi3-armv7", "cuda-sm80", "cuda-sm90"}
@@ -12,19 +13,19 @@ def test_every_required_target_is_a_file_that_makes_a_tvm_target():
     assert REQUIRED <= names
     for spec in list_targets():
         assert (TARGETS_DIR / f"{spec.name}.toml").is_file()
-        target = spec.tvm_target()
+        target = backend_for(spec).tvm_target()
         assert isinstance(target, tvm.target.Target)
-        assert target.kind.name == {"vulkan": "webgpu"}.get(spec.kind, spec.kind)  # Vulkan runs WGSL
+        assert target.kind.name == {"cpu": "llvm", "vulkan": "webgpu"}.get(spec.kind, spec.kind)  # Vulkan runs WGSL
 
 
 def test_cross_targets_name_triple_features_and_toolchain():
-    rpi5 = get_target("rpi5").tvm_target()
+    rpi5 = backend_for(get_target("rpi5")).tvm_target()
     assert rpi5.attrs["mtriple"] == "aarch64-linux-gnu" and "+dotprod" in list(rpi5.attrs["mattr"])
     armv7 = get_target("rpi3-armv7")
     assert armv7.llvm["mfloat-abi"] == "hard" and armv7.toolchain["cc"] == "arm-linux-gnueabihf-g++"
     android = get_target("android-arm64")
     assert "+i8mm" in android.features() and android.toolchain["libc"] == "bionic"
-    assert get_target("cuda-sm90").tvm_target().attrs["arch"] == "sm_90"
+    assert backend_for(get_target("cuda-sm90")).tvm_target().attrs["arch"] == "sm_90"
 
 
 def test_host_features_come_from_the_cpu_flags():

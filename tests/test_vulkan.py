@@ -10,10 +10,10 @@ import tvm
 from tvm import te
 
 import qcompile
+from qcompile.backends.vulkan.int8 import mul_shift_te, pack_weight_words, wgsl_int_pass
+from qcompile.builder import prepare
 from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
-from qcompile.pipeline import prepare
 from qcompile.ir import main_bindings, op_name, tensor_dtype
-from schedules.wgsl_int8 import mul_shift_te, pack_weight_words, wgsl_int_pass
 
 wgpu = pytest.importorskip("wgpu", reason="the vulkan extra (bash .ci/setup installs it)")
 
@@ -30,21 +30,18 @@ needs_vulkan = pytest.mark.skipif(not _has_vulkan(), reason="no Vulkan driver (b
 
 @pytest.fixture(scope="module")
 def kernel_device():
-    from qcompile.wgsl_tune import KernelDevice
+    from qcompile.backends import backend_for
 
-    return KernelDevice()
+    return backend_for(qcompile.get_target("vulkan")).device()
 
 
 def _run_kernel(func, arrays, kernel_device, tmp_path):
     """One TE kernel, scheduled by dlight's GPU fallback, as WGSL on the Vulkan device."""
     from tvm.s_tir.dlight import ApplyDefaultSchedule, gpu
 
-    from qcompile.wgsl_tune import kernel_artifact
-
-    target = qcompile.get_target("vulkan").tvm_target()
-    with target:
+    with kernel_device.target:
         mod = ApplyDefaultSchedule(gpu.Fallback())(tvm.IRModule({"main": func}))
-    return kernel_device.run(kernel_artifact(mod["main"], target, tmp_path / "kernel.vkz"), arrays)[0]
+    return kernel_device.kernel(mod, arrays)[0]
 
 
 @needs_vulkan
@@ -237,7 +234,7 @@ def test_tuning_on_the_vulkan_device_gives_verified_records_that_build_the_same_
 
 
 def test_tuning_vulkan_through_an_rpc_tracker_is_refused_in_one_line(small_cnn_path, tmp_path):
-    from qcompile.tune import RPC, tune
+    from qcompile.tuning import RPC, tune
 
     with pytest.raises(qcompile.QCompileError, match="measured on this machine's Vulkan device"):
         tune(small_cnn_path, "vulkan", tmp_path / "db", trials=2, rpc=RPC("127.0.0.1:9190", "phone"))
@@ -259,10 +256,11 @@ def _two_kernel_func(intermediate: bool):
 
 
 def test_a_function_of_two_kernels_dispatches_them_in_the_hosts_launch_order():
-    from qcompile.wgsl import _kernels
+    from qcompile.backends import backend_for
+    from qcompile.backends.vulkan.wgsl import kernels_of
 
-    target = qcompile.get_target("vulkan").tvm_target()
-    kernels = _kernels(_two_kernel_func(False), "two", target)
+    target = backend_for(qcompile.get_target("vulkan")).tvm_target()
+    kernels = kernels_of(_two_kernel_func(False), "two", target)
     assert [k["params"] for k in kernels] == [[0, 1], [1, 2]]  # B = 2A first, then C = B + 1
     with pytest.raises(qcompile.QCompileError, match="a buffer between two of its kernels"):
-        _kernels(_two_kernel_func(True), "two", target)
+        kernels_of(_two_kernel_func(True), "two", target)

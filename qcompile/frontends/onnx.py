@@ -7,7 +7,6 @@ from pathlib import Path
 from ..errors import QCompileError, last_line
 from .common import ImportedModel, TensorInfo, check_input_names, output_infos, raise_unsupported, resolve_shape
 
-
 COMPUTE_NODES = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import QCompileError
+from ..ir import const_value, is_const, main_bindings, op_name
+from ..ops import OP_KINDS, short_name
 from .annotate import Plan, Policy, annotate, plan
 from .calib_data import load_calibration
 from .calibrate import choose_qparams, collect
@@ -17,8 +19,6 @@ from .dynamic import MODES as DYNAMIC_MODES
 from .dynamic import dynamic_quantize
 from .half import half_precision
 from .insert_qdq import insert_qdq, weight_axis
-from ..ir import const_value, is_const, main_bindings, op_name
-from ..ops import OP_KINDS, short_name
 from .params import QParams, weight_qparams
 from .ranges import METHODS
 from .realize import realize
@@ -104,9 +104,10 @@ def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> l
     return rows
 
 
-def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, layer_names=None):
+def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, layer_names=None, *, engine=None):
     """(quantized module, report dict). `inputs` are the model's TensorInfos; `calib` is the
-    calibration data (required by the static and simulate modes)."""
+    calibration data and `engine` what runs a module on it (backends.host_engine: a module in, a
+    Relax VM out), both required by the static and simulate modes."""
     config = config or QuantConfig()
     config.check()
     report = {"config": config.describe(), "layers": []}
@@ -117,12 +118,14 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
         return out, report
     if calib is None:
         raise QCompileError(f"--quantize int8 ({config.mode}) needs calibration data (--calib)")
+    if engine is None:
+        raise TypeError("quantize_module: the static and simulate modes need an engine to calibrate with")
     batches = load_calibration(calib, inputs)
     policy = Policy(config.float_layers(), frozenset(config.skip_ops))
     p = plan(mod, layer_names, policy)
     _check_skips(p, config)
     annotated = annotate(mod, planned=p)
-    observers = collect(annotated, batches, [t.name for t in inputs], config.progress)
+    observers = collect(annotated, batches, [t.name for t in inputs], engine, config.progress)
     qparams = choose_qparams(observers, config.method, config.percentile, config.symmetric)
     means = {site: obs.mean_sample for site, obs in observers.items()} if config.bias_correction else None
     compute_var = {n.name: str(n.members[0].name) for n in p.nodes if n.kind == "compute"}

@@ -12,9 +12,19 @@ from dataclasses import dataclass, field
 
 from tvm import relax
 
+from ..ir import (
+    is_const,
+    is_scalar_const,
+    is_var,
+    main_bindings,
+    observe,
+    op_name,
+    rewrite_main,
+    substitute,
+    tensor_dtype,
+    vars_in,
+)
 from ..layers import compute_layer_names
-from ..ir import (is_const, is_scalar_const, is_var, main_bindings, observe, op_name, rewrite_main, substitute,
-                 tensor_dtype, vars_in)
 from ..ops import BINARY, COMPUTE, CONCAT, ELEMENTWISE, EPILOGUE, PASSTHROUGH, REDUCE, short_name
 
 

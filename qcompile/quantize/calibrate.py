@@ -1,5 +1,6 @@
 """calibrate: run the annotated float model on calibration batches and estimate a range for
-every observed tensor. The observe markers become extra outputs of a host build ("taps")."""
+every observed tensor. The observe markers become extra outputs of the module ("taps"), which the
+engine handed in runs."""
 
 from __future__ import annotations
 
@@ -32,25 +33,16 @@ def tap_outputs(mod):
     return rewrite_main(mod, rule, finish), sites
 
 
-def host_vm(mod):
-    """`mod` compiled for this machine, ready to run."""
-    import tvm
-
-    from ..pipeline import compile_module
-    from ..targets import get_target
-
-    return relax.VirtualMachine(compile_module(mod, get_target("host")), tvm.cpu())
-
-
-def collect(mod, batches: list[dict], input_names: list[str], progress: bool = True) -> dict[str, HistogramObserver]:
-    """Observers filled with every observed tensor over all calibration batches."""
+def collect(mod, batches: list[dict], input_names: list[str], engine, progress: bool = True) -> dict[str, HistogramObserver]:
+    """Observers filled with every observed tensor over all calibration batches; `engine` turns
+    the tapped module into something to run (backends.host_engine: a Relax VM on this machine)."""
     import tvm
     from tqdm import tqdm
 
     tap_mod, sites = tap_outputs(mod)
     if not sites:
         return {}
-    vm = host_vm(tap_mod)
+    vm = engine(tap_mod)
     observers = {site: HistogramObserver() for site in sites}
     for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
         result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in input_names])

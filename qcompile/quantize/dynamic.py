@@ -10,8 +10,8 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from ..layers import compute_layer_names
 from ..ir import const, const_value, emit_as_is, is_const, is_var, op_name, rewrite_main, tensor_dtype
+from ..layers import compute_layer_names
 from .params import weight_qparams
 
 MODES = ("dynamic", "weight-only")

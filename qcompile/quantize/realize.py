@@ -18,9 +18,9 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from .insert_qdq import weight_axis
 from ..ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape, vars_in
 from ..ops import COMPUTE, ELEMENTWISE, PASSTHROUGH
+from .insert_qdq import weight_axis
 from .params import weight_qparams
 
 NARROW = ("int8", "uint8")

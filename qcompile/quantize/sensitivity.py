@@ -19,9 +19,9 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
+from ..ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main
 from .annotate import Plan
 from .insert_qdq import fake_quantize_weight, qdq
-from ..ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main
 from .params import QParams
 
 LOWERED = ("int4", "int8", "fp16")  # what a layer is lowered to from fp32
@@ -91,13 +91,10 @@ class Simulator:
     """Runs any per-layer configuration of one compiled switchable module."""
 
     def __init__(self, mod, p: Plan, qparams: dict[str, QParams], layers: list[Layer], batches: list[dict],
-                 input_names: list[str], per_channel: bool = True):
-
-        from .calibrate import host_vm
-
+                 input_names: list[str], engine, per_channel: bool = True):
         self.layers = layers
         self.per_channel = per_channel
-        self.vm = host_vm(switchable_module(mod, p, qparams, layers))
+        self.vm = engine(switchable_module(mod, p, qparams, layers))
         self.inputs = as_tensors(batches, input_names)
         self._weights: dict = {}
         self.reference = self.run({})

@@ -1,7 +1,7 @@
-"""MetaSchedule for the vulkan target: the tuning path of the CPU targets (tasks, XGBoost cost
-model, records, verification) with a builder that turns each candidate schedule into WGSL kernels
-(qcompile/wgsl.py) and a runner that times them on the Vulkan device through wgpu. Its kernels are
-never compiled to a library: a candidate is a one-kernel .vkz artifact, run by vulkan_runtime."""
+"""Measuring on the Vulkan device: MetaSchedule's builder (each candidate schedule into WGSL
+kernels, vulkan/wgsl.py) and runner (timed through wgpu), and the Device that verification uses.
+Kernels are never compiled to a library: a candidate is a one-kernel .vkz artifact, run by
+vulkan/runtime.py."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 
-from .errors import last_line
-from .tune import param_types, random_arrays
+from ...errors import last_line
+from ..base import Device, param_types, random_arrays
+from .runtime import FORMAT, VulkanModel, open_device
+from .wgsl import kernels_of, write_artifact
 
 
 def kernel_artifact(func, target, path: Path, max_wgsl_bytes: int | None = None) -> Path:
     """A scheduled PrimFunc as a .vkz of its own: each parameter a buffer, read back after a run.
     With `max_wgsl_bytes`, larger shader sources are refused before anything is written."""
-    from .vulkan_runtime import FORMAT
-    from .wgsl import _kernels, write_artifact
-
-    kernels = _kernels(func, "main", target)
+    kernels = kernels_of(func, "main", target)
     size = sum(len(k["wgsl"].encode()) for k in kernels)
     if max_wgsl_bytes is not None and size > max_wgsl_bytes:
         raise ValueError(f"{size} bytes of WGSL (over {max_wgsl_bytes}): too slow for the driver to compile")
@@ -73,57 +72,60 @@ class _Done(PyRunnerFuture):
         return self._result
 
 
-class KernelDevice:
+class VulkanDevice(Device):
     """The Vulkan device kernels are measured and verified on (one wgpu device for a whole run)."""
 
-    def __init__(self):
-        from .vulkan_runtime import open_device
-
+    def __init__(self, target):
+        self.target = target  # webgpu
         self.device = open_device()
 
-    def load(self, artifact):
-        from .vulkan_runtime import VulkanModel
-
-        return VulkanModel(artifact, self.device)
-
-    def run(self, artifact, arrays: list[np.ndarray], timed: bool = False):
-        """(every parameter's array after one run, microseconds per run or None)."""
-        model = self.load(artifact)
+    def artifact(self, artifact, arrays: list[np.ndarray], timed: bool = False):
+        """(every parameter's array after one run of a one-kernel artifact, microseconds per run or None)."""
+        model = VulkanModel(artifact, self.device)
         outputs = model.run({f"p{i}": a for i, a in enumerate(arrays)})
         return [outputs[f"p{i}"] for i in range(len(arrays))], model.time_us() if timed else None
+
+    def kernel(self, mod, arrays, timed=False):
+        with tempfile.TemporaryDirectory(prefix="qcompile-wgsl-kernel-") as folder:
+            return self.artifact(kernel_artifact(mod["main"], self.target, Path(folder) / "kernel.vkz"), arrays, timed)
+
+    def builder(self):
+        return WGSLBuilder(self.target)
+
+    def runner(self):
+        return WGSLRunner(self)
 
 
 @derived_object
 class WGSLRunner(PyRunner):
     """Times each built candidate on the Vulkan device (random inputs; seconds per run)."""
 
-    def __init__(self):
+    def __init__(self, device: VulkanDevice):
         super().__init__()
-        self.device = None
+        self.device = device
 
     def run(self, runner_inputs):
-        self.device = self.device or KernelDevice()
         futures = []
         for item in runner_inputs:
             try:
                 arrays = random_arrays([(info.shape, info.dtype) for info in item.args_info])
-                result = RunnerResult([self.device.run(item.artifact_path, arrays, timed=True)[1] / 1e6], None)
+                result = RunnerResult([self.device.artifact(item.artifact_path, arrays, timed=True)[1] / 1e6], None)
             except Exception as err:  # noqa: BLE001 - a candidate that fails on the device is a failed trial
                 result = RunnerResult(None, f"Vulkan run failed: {last_line(err)}")
             futures.append(_Done(result))
         return futures
 
 
-def search_target(spec):
+def search_target(webgpu: dict):
     """The target MetaSchedule's GPU rules search under: the Vulkan device's limits under the
     attribute names the rules read, which are CUDA's (the webgpu target kind has no
     `max_threads_per_block`). Only the search sees it: every candidate is built for the webgpu
     target (WGSLBuilder), and the warp size of 1 keeps warp-level reductions out of the space."""
     import tvm
 
-    threads = spec.webgpu.get("max_num_threads", 256)
+    threads = webgpu.get("max_num_threads", 256)
     return tvm.target.Target({"kind": "cuda", "arch": "sm_50", "max_threads_per_block": threads, "max_num_threads": threads,
-                              "max_shared_memory_per_block": spec.webgpu.get("max_shared_memory_per_block", 16384),
+                              "max_shared_memory_per_block": webgpu.get("max_shared_memory_per_block", 16384),
                               "thread_warp_size": 1}, host={"kind": "llvm"})
 
 
@@ -141,30 +143,3 @@ def gpu_space():
              if isinstance(r, ms.schedule_rule.ParallelizeVectorizeUnroll) else r for r in ms.ScheduleRule.create("cuda")]
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=ms.Postproc.create("cuda"),
                                              mutator_probs=ms.Mutator.create("cuda"))
-
-
-def verify(task_mod, record, target, device: KernelDevice) -> tuple[float, float, float]:
-    """(max relative |difference| between the tuned kernel and the default GPU schedule on random
-    inputs, tuned us, default us). The reference is the default schedule (dlight), run on the same
-    device: an unscheduled kernel has no threads to launch, and the tests hold the default-schedule
-    build bit-identical to the host build."""
-    import tvm
-    from tvm import s_tir
-
-    from schedules import schedule_passes
-
-    sch = s_tir.Schedule(task_mod)
-    record.trace.apply_to_schedule(sch, remove_postproc=False)
-    fresh = tvm.ir.load_json(tvm.ir.save_json(task_mod))
-    with target:
-        default = tvm.transform.Sequential(schedule_passes("wgsl", target))(fresh)
-    arrays = random_arrays(param_types(task_mod["main"]))
-    outputs, times = [], []
-    with tempfile.TemporaryDirectory(prefix="qcompile-wgsl-verify-") as folder:
-        for name, mod in (("tuned", sch.mod), ("default", default)):
-            values, us = device.run(kernel_artifact(mod["main"], target, Path(folder) / f"{name}.vkz"), arrays, timed=True)
-            outputs.append(values)
-            times.append(us)
-    diffs = [np.abs(a.astype(np.float64) - b.astype(np.float64)).max() / max(1.0, np.abs(b).max())
-             for a, b in zip(*outputs) if a.size]
-    return float(max(diffs, default=0.0)), times[0], times[1]

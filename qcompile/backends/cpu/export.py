@@ -1,5 +1,5 @@
-"""Export: the model shared library (native or cross-linked, metadata embedded) and the deploy
-bundle. Every file is written to a temporary name and renamed into place, so a failure never
+"""Export for the CPU and CUDA backends: the model shared library (native or cross-linked,
+metadata embedded) and the deploy bundle (runtime libraries and runner beside it). Every file is written to a temporary name and renamed into place, so a failure never
 leaves a partial artifact behind."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-from .artifact import metadata_source
-from .atomic import atomic_dir, atomic_file
+from ...artifact import metadata_source
+from ...atomic import atomic_dir, atomic_file
+from ...targets import TargetSpec
+from ...toolchain import compiler, fresh_dir, link_options
 from .runtime import runtime_dir
-from .targets import TargetSpec
-from .toolchain import compiler, fresh_dir, link_options
 
 
 def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) -> Path:
@@ -46,23 +46,7 @@ median latency. Nothing else needs to be installed: the runner finds the librari
 """
 
 
-VULKAN_README = """# {name}: qcompile deploy bundle for {target}
-
-{description}
-
-Files: `model.vkz` (WGSL kernels, dispatch plan and weights), `vulkan_runtime.py` (the runner:
-numpy and wgpu, no TVM). On the device: `pip install numpy wgpu` and a Vulkan driver, then
-
-    from vulkan_runtime import VulkanModel
-    outputs = VulkanModel("model.vkz").run({{{inputs}}})
-
-Outputs: {output_names}.
-"""
-
-
 def write_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict) -> Path:
-    if spec.kind == "vulkan":
-        return _write_vulkan_bundle(spec, artifact, bundle, metadata)
     runtime = runtime_dir(spec)
     with atomic_dir(bundle) as tmp:
         shutil.copy2(artifact, tmp / "model.so")
@@ -77,14 +61,3 @@ def write_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict)
         ))
     return Path(bundle)
 
-
-def _write_vulkan_bundle(spec: TargetSpec, artifact: Path, bundle: Path, metadata: dict) -> Path:
-    with atomic_dir(bundle) as tmp:
-        shutil.copy2(artifact, tmp / "model.vkz")
-        shutil.copy2(Path(__file__).resolve().parent / "vulkan_runtime.py", tmp / "vulkan_runtime.py")
-        (tmp / "model.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
-        (tmp / "README.md").write_text(VULKAN_README.format(
-            name=Path(metadata["source"]).stem, target=spec.name, description=spec.description,
-            inputs=", ".join(f'"{t["name"]}": x{i}' for i, t in enumerate(metadata["inputs"])),
-            output_names=", ".join(f"`{t['name']}`" for t in metadata["outputs"])))
-    return Path(bundle)

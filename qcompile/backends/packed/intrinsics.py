@@ -1,4 +1,5 @@
-"""Int8 dot-product tensor intrinsics per ISA, and the packed-kernel shape each family uses.
+"""Int8 dot-product tensor intrinsics per ISA, registered with TVM under the names the schedule
+families (backends/families.py) give them.
 
 One description for all of them: C[lanes] (int32) += sum_k A[k] * B[lanes, k], with A the
 `kpack` activations of one pixel (contiguous in the packed input) and B a pre-packed weight tile.
@@ -8,47 +9,10 @@ verifies with LLVM 22: vpdpbusd.512 takes <64 x i8> operands)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tvm.script import tirx as T
 
 # Relax-generated kernels index with int64; the descriptions must match them exactly.
 I0, I1, I2, I3, I4, I16 = T.int64(0), T.int64(1), T.int64(2), T.int64(3), T.int64(4), T.int64(16)
-
-
-@dataclass(frozen=True)
-class Int8Kernel:
-    """How a family computes int8 convolutions: `lanes` output channels per vector, `kpack`
-    input channels reduced per instruction, activations widened/shifted to `act_dtype`."""
-
-    lanes: int
-    kpack: int
-    act_dtype: str  # uint8 (x86 VNNI), int8 (ARM sdot), int16 (exact pmaddwd / NEON widening)
-    intrin: str | None  # None: LLVM vectorizes the packed loops on its own
-    instruction: str  # what to look for in the assembly
-    pixels: int = 1  # output pixels per instruction (2 for a matrix-multiply instruction)
-    fallback: "Int8Kernel | None" = None  # for layers whose output width is not a multiple of `pixels`
-    tensor_core_matmul_min: int | None = None  # matmuls with every dimension over this stay for tensor cores
-
-    def for_layer(self, width: int, stride: int) -> "Int8Kernel":
-        """This kernel, or its fallback where the instruction's pixels are not adjacent in a row."""
-        if self.pixels == 1 or self.fallback is None or (width % self.pixels == 0 and stride == 1):
-            return self
-        return self.fallback
-
-    def for_tile(self, lanes: int, kpack: int) -> "Int8Kernel":
-        """The kernel (this one or its fallback) whose packing a scheduled function has."""
-        if (lanes, kpack) == (self.lanes, self.kpack) or self.fallback is None:
-            return self
-        return self.fallback
-
-    def shift(self, input_dtype: str) -> int:
-        """Added to every activation so it fits `act_dtype` (and subtracted back through the bias)."""
-        if self.act_dtype == "uint8" and input_dtype == "int8":
-            return 128
-        if self.act_dtype == "int8" and input_dtype == "uint8":
-            return -128
-        return 0
 
 
 def _desc(lanes: int, kpack: int, a_dtype: str):
@@ -184,20 +148,6 @@ def _dp4a_impl():
 
     return impl
 
-
-# family -> packed kernel. Families not listed keep TVM's legalized int8 kernels.
-KERNELS = {
-    "x86-vnni": Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd"),
-    "x86-avx512": Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"),
-    "x86-avx2": Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"),
-    "arm-dotprod": Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot"),
-    # smmla: 2 pixels x 2 output channels x 8 input channels; sdot where the width is odd
-    "arm-i8mm": Int8Kernel(2, 8, "int8", "qcompile_smmla_2x2x8", "smmla", pixels=2,
-                           fallback=Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot")),
-    "arm-neon": Int8Kernel(8, 2, "int16", None, "smlal"),
-    # CUDA: one dp4a per (output channel, 4 input channels); lanes = output channels per thread group.
-    "cuda": Int8Kernel(4, 4, "int8", "qcompile_dp4a", "dp4a", tensor_core_matmul_min=64),
-}
 
 _IMPLS = {
     "qcompile_vnni_16x4": lambda: (_desc(16, 4, "uint8"), _broadcast_dot_impl(16, "uint8", "llvm.x86.avx512.vpdpbusd.512")),

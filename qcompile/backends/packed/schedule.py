@@ -1,4 +1,4 @@
-"""Schedule of the packed int8 kernel (schedules/int8_packed.py), one function for both paths:
+"""Schedule of the packed int8 kernel (packed/pack.py) on CPUs, one function for both paths:
 the default schedule (fixed tile) and MetaSchedule (the tile is a sampled, tunable decision).
 
 Dot block loops: n, oh, oc_outer, ow, lane | kh, kw, c_outer, k. The output row is split into
@@ -7,12 +7,12 @@ Dot block loops: n, oh, oc_outer, ow, lane | kh, kw, c_outer, k. The output row 
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 
-from .cpu_default import _extent, loop_work, parallel_if_worth_it
-from .int8_packed import RULE
-from .intrinsics import KERNELS, Int8Kernel, register
+from ..families import Int8Kernel
+from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it
+from .intrinsics import register
+from .pack import RULE
 
 MAX_TILE = 8  # pixels per register block: 8 accumulators of one vector each
 
@@ -37,7 +37,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     n, oh, oco, ow, lane, *reduce = sch.get_loops(dot)
     depthwise = len(reduce) == 2  # kh, kw; a convolution also has c_outer, k
     if not depthwise:
-        kernel = kernel.for_tile(_extent(sch, lane), _extent(sch, reduce[3]))
+        kernel = kernel.for_tile(loop_extent(sch, lane), loop_extent(sch, reduce[3]))
     pixels = 1 if depthwise else kernel.pixels
     pixel_loops = []
     if pixels > 1:  # the instruction's own pixels innermost, the register tile over pairs of pixels
@@ -97,35 +97,28 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     return sch
 
 
-class Int8Packed(ScheduleRule):
+class Int8Packed(TargetRule):
     """Default schedule (dlight rule) for the kernels the family's pack pass produced."""
 
     def __init__(self, kernel: Int8Kernel):
         self.kernel = kernel
 
-    def is_target_available(self, target) -> bool:
-        return target.kind.name == "llvm"
-
-    def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
+    def schedule(self, func, target, _tunable):
         sch = s_tir.Schedule(func)
         dot = find_dot_block(sch)
         if dot is None:
             return None
         loops = sch.get_loops(dot)
-        width = _extent(sch, loops[3])
-        pixels = 1 if len(loops) == 7 else self.kernel.for_tile(_extent(sch, loops[4]), _extent(sch, loops[-1])).pixels
+        width = loop_extent(sch, loops[3])
+        pixels = 1 if len(loops) == 7 else self.kernel.for_tile(loop_extent(sch, loops[4]), loop_extent(sch, loops[-1])).pixels
         return schedule_kernel(sch, dot, self.kernel, default_tile(width, pixels))
 
 
-def tuning_space(family: str):
+def tuning_space(kernel: Int8Kernel):
     """MetaSchedule's design space for a packed kernel: this schedule with the row tile sampled.
     Its own space generator (not a custom rule inside PostOrderApply): the generic rules would
     then re-parallelize the loops it marked, which MetaSchedule's postprocessor rejects."""
     from tvm.s_tir import meta_schedule as ms
-
-    kernel = KERNELS[family]
 
     def space(sch):
         schedule_kernel(sch, find_dot_block(sch), kernel, None)

@@ -1,14 +1,15 @@
-"""CUDA schedule of the packed int8 kernels (schedules/int8_packed.py): one thread per output
+"""CUDA schedule of the packed int8 kernels (packed/pack.py): one thread per output
 pixel and group of 4 output channels, the reduction over (kh, kw, input channels / 4) in
 registers, four input channels per `dp4a`. The input packing and the epilogue run as flat elementwise loops."""
 
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
 
-from .int8_schedule import find_dot_block
-from .intrinsics import Int8Kernel, register
+from ..families import Int8Kernel
+from ..packed.intrinsics import register
+from ..packed.schedule import find_dot_block
+from ..rules import TargetRule
 
 THREADS = 128
 
@@ -21,16 +22,13 @@ def _bind_flat(sch, block) -> None:
     sch.bind(tx, "threadIdx.x")
 
 
-class Int8PackedGPU(ScheduleRule):
+class Int8PackedGPU(TargetRule):
+    target_kind = "cuda"
+
     def __init__(self, kernel: Int8Kernel):
         self.kernel = kernel
 
-    def is_target_available(self, target) -> bool:
-        return target.kind.name == "cuda"
-
-    def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
+    def schedule(self, func, target, _tunable):
         sch = s_tir.Schedule(func)
         dot = find_dot_block(sch)
         if dot is None:
@@ -57,18 +55,16 @@ class Int8PackedGPU(ScheduleRule):
         return sch
 
 
-class Int8TensorCoreMatmul(ScheduleRule):
+class Int8TensorCoreMatmul(TargetRule):
     """int8 x int8 -> int32 matmuls with every dimension over 64 on int8 tensor cores (WMMA), by
     dlight's rule without its software-pipelining annotations: with them 0.27's CUDA codegen fails
     ("fragment_info" check) on s8 fragments."""
 
     MIN_DIM = 64  # dlight's own threshold for tensorizing
+    target_kind = "cuda"
 
-    def is_target_available(self, target) -> bool:
-        return target.kind.name == "cuda"
-
-    def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not _is_large_int8_matmul(func):
+    def schedule(self, func, target, tunable):
+        if not _is_large_int8_matmul(func):
             return None
         from tvm.s_tir.dlight.gpu.matmul import MatmulInt8Tensorization
 

@@ -1,6 +1,6 @@
 """Vulkan through WGSL: a Relax module -> WGSL kernels (TVM's WebGPU codegen) + the plan that runs
 them in order. The artifact (a zip: plan.json, one .wgsl per kernel, weights.npz) is loaded without
-TVM by qcompile.vulkan_runtime, which executes it with wgpu (WGSL -> SPIR-V by naga, on any Vulkan
+TVM by vulkan/runtime.py, which executes it with wgpu (WGSL -> SPIR-V by naga, on any Vulkan
 driver: lavapipe on a CPU, the GPU's own driver on a device).
 
 The pinned TVM wheel has no SPIR-V backend, so WGSL is the route to Vulkan here. TVM's Relax VM
@@ -18,33 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_file
-from .errors import QCompileError, compiling
-from .vulkan_runtime import FORMAT
+from ...atomic import atomic_file
+from ...errors import QCompileError
+from ...ir import const_value, is_const
+from .int8 import WGSL_FUNCTIONS
+from .runtime import FORMAT
+
 _LAUNCH = re.compile(r'T\.launch_thread\("((?:blockIdx|threadIdx)\.[xyz])", (?:T\.int64\()?(\d+)')
-
-
-def schedule_module(mod, spec, database=None):
-    """Legalized, fused and scheduled for the GPU: the wgsl family's passes (schedules/), with the
-    kernels of a tuning database in scope scheduled by their records first."""
-    import contextlib
-
-    import tvm
-    from tvm import relax
-
-    from schedules import fused_module_passes, schedule_passes
-
-    target = spec.tvm_target()
-    with target, database if database is not None else contextlib.nullcontext():
-        apply_records = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if database is not None else []
-        return tvm.transform.Sequential(fused_module_passes(spec.schedule_family, target) + apply_records
-                                        + schedule_passes(spec.schedule_family, target))(mod)
 
 
 _LAUNCH_CALL = re.compile(r'T\.call_ffi_kernel\("(\w+)"')
 
 
-def _kernels(func, name: str, target) -> list[dict]:
+def kernels_of(func, name: str, target) -> list[dict]:
     """One scheduled PrimFunc -> its device kernels: WGSL source, entry, parameter order, grid."""
     import tvm
     from tvm.tirx.build import codegen_build, split_host_device_mods
@@ -81,8 +67,6 @@ def _kernels(func, name: str, target) -> list[dict]:
 
 def _one_kernel(source: str, entry: str) -> str:
     """The codegen prints every kernel of a module after a `// Function: NAME` header."""
-    from schedules.wgsl_int8 import WGSL_FUNCTIONS
-
     parts = re.split(r"^//-+\n|^// Function: .*\n", source, flags=re.M)
     for part in parts:
         if re.search(rf"\bfn {re.escape(entry)}\(", part):
@@ -116,13 +100,10 @@ def _shape_dtype(expr):
     return [int(d) for d in ty.shape.values], str(ty.dtype)
 
 
-def plan_module(mod, spec, input_names: list[str], output_names: list[str]):
-    """(plan dict, {const key: array}) for the scheduled module's `main`."""
+def plan_module(mod, target, input_names: list[str], output_names: list[str]):
+    """(plan dict, shader sources, {const key: array}) for the scheduled module's `main`."""
     from tvm import relax
 
-    from .ir import const_value, is_const
-
-    target = spec.tvm_target()
     planner = _Planner()
     main = mod["main"]
     for param, name in zip(main.params, input_names):
@@ -152,7 +133,7 @@ def plan_module(mod, spec, input_names: list[str], output_names: list[str]):
             planner.ids[var] = out
             args.append(out)
             if gv.name_hint not in compiled:
-                compiled[gv.name_hint] = _kernels(mod[gv], gv.name_hint, target)
+                compiled[gv.name_hint] = kernels_of(mod[gv], gv.name_hint, target)
                 for k in compiled[gv.name_hint]:
                     shaders.append(k["wgsl"])
                     k["shader"] = len(shaders) - 1
@@ -198,13 +179,6 @@ def _plan_slots(tensors: list[dict], dispatches: list[dict]) -> list[int]:
             if last[t] == i and tensors[t]["kind"] == "temp":
                 free.append(tensors[t]["slot"])
     return slots
-
-
-def compile_vulkan(mod, spec, inputs, outputs, database=None):
-    """The artifact's parts for a Relax module: (plan, shader sources, constants)."""
-    with compiling(spec):
-        scheduled = schedule_module(mod, spec, database)
-        return plan_module(scheduled, spec, [t.name for t in inputs], [t.name for t in outputs])
 
 
 def write_artifact(path: Path, plan: dict, shaders: list[str], consts: dict, metadata: dict) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .atomic import atomic_file
+from ..atomic import atomic_file
 
 COST_NOTE = {"latency": "latency: the layer's kernels at that precision, measured on this machine, less the "
                         "quantize/dequantize between two integer layers (charged on the edges between layers "

@@ -10,32 +10,10 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base import ScheduleRule
+
+from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it
 
 INNER_MAX = 64  # elements of the innermost loop kept together (LLVM vectorizes and unrolls them)
-# Below this many loop iterations a kernel runs on one thread: waking the pool costs more (measured:
-# a 96-element requantize took 46 us in parallel).
-PARALLEL_MIN_WORK = 1 << 15
-
-
-def loop_work(sch, block) -> int:
-    """Iterations of the block's loop nest (1 for loops of unknown extent)."""
-    work = 1
-    for loop in sch.get_loops(block):
-        work *= _extent(sch, loop) or 1
-    return work
-
-
-def parallel_if_worth_it(sch, loop, work: int) -> None:
-    if work >= PARALLEL_MIN_WORK:
-        sch.parallel(loop)
-
-
-def _extent(sch, loop) -> int | None:
-    extent = sch.get(loop).extent
-    return int(extent) if isinstance(extent, tirx.IntImm) else None
-
-
 def _vars_in(expr) -> set:
     return set(tirx.analysis.undefined_vars(expr))
 
@@ -65,13 +43,8 @@ def _inner_factor(extent: int) -> int:
     return extent
 
 
-class CPUDefault(ScheduleRule):
-    def is_target_available(self, target) -> bool:
-        return target.kind.name == "llvm"
-
-    def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
+class CPUDefault(TargetRule):
+    def schedule(self, func, target, _tunable):
         try:
             return self._schedule(func)
         except Exception:  # noqa: BLE001 - a kernel this rule cannot handle keeps TVM's default TIR
@@ -112,14 +85,14 @@ class CPUDefault(ScheduleRule):
             return None
         work = loop_work(sch, block)
         spatial, reduce = list(loops[:n_spatial]), list(loops[n_spatial:])
-        inner_extent = _extent(sch, spatial[-1])
+        inner_extent = loop_extent(sch, spatial[-1])
         if inner_extent is None:
             return None
         factor = _inner_factor(inner_extent)
         reuse = _reuse_axis(sch, block, n_spatial) if reduce else None
         reuse_tile = None
         if reuse is not None:
-            extent = _extent(sch, spatial[reuse])
+            extent = loop_extent(sch, spatial[reuse])
             tile = next((t for t in (8, 4, 2) if extent and extent % t == 0 and extent >= 2 * t), None)
             if tile is not None:
                 spatial[reuse], reuse_tile = sch.split(spatial[reuse], [None, tile])

@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from qcompile.ir import emit_as_is, main_bindings, op_name, rewrite_main, tensor_dtype
+from ...ir import emit_as_is, main_bindings, op_name, rewrite_main, tensor_dtype
 
 DESIRED = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
 

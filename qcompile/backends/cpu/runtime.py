@@ -16,10 +16,10 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from .atomic import atomic_dir
-from .errors import QCompileError
-from .targets import TargetSpec
-from .toolchain import compiler, run_checked
+from ...atomic import atomic_dir
+from ...errors import QCompileError
+from ...targets import TargetSpec
+from ...toolchain import compiler, run_checked
 
 RUNNER_SOURCE = Path(__file__).resolve().parent / "runner" / "qcompile_run.cc"
 CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))

@@ -22,7 +22,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax import op as R
 
-from qcompile.ir import const_value, is_const, op_name, rewrite_main, tensor_dtype
+from ...ir import const_value, is_const, op_name, rewrite_main, tensor_dtype
+from ..packed.pack import ONE_BY_ONE, emit_matmul_as_conv
 
 NARROW = ("int8", "uint8", "int16")
 DOT_KERNEL = "qcompile_dot4_conv"
@@ -221,12 +222,8 @@ class _Rewrite:
             return _emit_dot4(bb, value.args[0], const_value(value.args[1]), conv, var.name)
         if name == "matmul" and self._dot_operands(value, value.args[0]) and len(value.args[0].ty.shape.values) == 2 \
                 and const_value(value.args[1]).ndim == 2:
-            x, w = value.args[0], const_value(value.args[1])
-            m, k = (int(d) for d in x.ty.shape.values)
-            x4 = bb.emit(R.reshape(x, (m, k, 1, 1)))  # x[M, K] @ W[K, N]: the 1x1 convolution of x
-            conv = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}
-            y = _emit_dot4(bb, x4, w.T.reshape(w.shape[1], k, 1, 1), conv, var.name + "_conv")
-            return bb.emit(R.reshape(y, (m, w.shape[1])), var.name)
+            return emit_matmul_as_conv(bb, value.args[0], const_value(value.args[1]), var.name,
+                                       lambda bb, x4, w4, name: _emit_dot4(bb, x4, w4, ONE_BY_ONE, name))
         call = self._widened_consts(value) if isinstance(value, relax.Call) else value
         out = bb.emit(call, var.name)
         if name in ("nn.max_pool2d", "reshape", "squeeze", "expand_dims", "permute_dims", "nn.pad", "clip") and \

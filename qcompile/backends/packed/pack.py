@@ -19,7 +19,7 @@ Depthwise convolutions (one filter per channel) become a packed kernel of their 
 channels).
 
 The kernel's dot-product block carries `schedule_rule = qcompile_int8_dot`: the default schedule
-and MetaSchedule (through its custom-rule hook) both schedule it with `int8_schedule`."""
+and MetaSchedule (through its custom-rule hook) both schedule it with packed/schedule.py."""
 
 from __future__ import annotations
 
@@ -29,9 +29,8 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
-from qcompile.ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
-
-from .intrinsics import Int8Kernel
+from ...ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
+from ..families import Int8Kernel
 
 RULE = "qcompile_int8_dot"
 KERNEL_NAME = "qcompile_int8_conv"
@@ -171,6 +170,18 @@ def packed_depthwise_te(x, wp, *, strides, padding, dilation, layout: str = "NCH
     return _unpack(acc, n, c, oh, ow, L, layout)
 
 
+ONE_BY_ONE = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}
+
+
+def emit_matmul_as_conv(bb, x, w: np.ndarray, name: str, emit_conv):
+    """x[M, K] @ W[K, N] as the 1x1 convolution of x viewed as [M, K, 1, 1], reshaped back;
+    `emit_conv(bb, x4, weight_oihw, name)` emits the convolution."""
+    m, k = (int(d) for d in x.ty.shape.values)
+    x4 = bb.emit(relax.op.reshape(x, (m, k, 1, 1)))
+    y = emit_conv(bb, x4, np.ascontiguousarray(w.T.reshape(w.shape[1], k, 1, 1)), name + "_conv")
+    return bb.emit(relax.op.reshape(y, (m, w.shape[1])), name)
+
+
 LAYOUTS = {("NCHW", "OIHW", "NCHW"): "NCHW", ("NHWC", "OHWI", "NHWC"): "NHWC"}  # (data, kernel, out) -> ours
 
 
@@ -232,10 +243,9 @@ def _rule(kernel: Int8Kernel):
                 m, k = (int(d) for d in x.ty.shape.values)
                 if kernel.tensor_core_matmul_min is not None and min(m, k, w.shape[1]) > kernel.tensor_core_matmul_min:
                     return emit_as_is(bb, var, value)  # left to the tensor-core matmul schedule
-                x4 = bb.emit(relax.op.reshape(x, (m, k, 1, 1)))
-                conv = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "layout": "NCHW"}
-                y = _emit_packed(bb, x4, w.T.reshape(w.shape[1], k, 1, 1), conv, kernel, var.name + "_packed")
-                return bb.emit(relax.op.reshape(y, (m, w.shape[1])), var.name)
+                conv = {**ONE_BY_ONE, "layout": "NCHW"}
+                return emit_matmul_as_conv(bb, x, w, var.name,
+                                           lambda bb, x4, w4, name: _emit_packed(bb, x4, w4, conv, kernel, name))
         return emit_as_is(bb, var, value)
 
     return rule

@@ -1,0 +1,23 @@
+"""The public `build`: a plain build, or, with `mixed`, the per-layer precision search that ends
+in one."""
+
+from __future__ import annotations
+
+from .builder import BuildResult
+from .builder import build as build_with_config
+
+
+def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
+          bundle=None, quantize=None, calib=None, report=None, records=None, mixed=None) -> BuildResult:
+    """Compile `model` for `target` into the artifact `output` (and a deploy bundle).
+    `quantize`: a QuantConfig (or its fields as a dict) to quantize with `calib` data; `report`:
+    a JSON path for the per-layer quantization report; `records`: a tuning database folder
+    written by `tune` (the model is not tuned again). `mixed`: search a precision per layer
+    first (keyword arguments of mixed.search, plus `config_out`, the JSON the choice is written to)."""
+    if mixed is None:
+        return build_with_config(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
+                                 calib=calib, report=report, records=records)
+    from .mixed import build_mixed
+
+    return build_mixed(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
+                       calib=calib, report=report, records=records, **mixed)

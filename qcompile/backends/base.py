@@ -1,0 +1,190 @@
+"""The interface every backend offers (one backend per target kind), and the one measuring
+interface, Device, that tuning, kernel verification and the mixed-precision latency table share."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import statistics
+import time
+
+import numpy as np
+
+from ..errors import QCompileError, compiling
+from .families import family
+
+PRECISIONS = ("int4", "int8", "fp16", "fp32")
+
+
+class Backend:
+    """One target kind: its Relax passes, its schedule rules, compile, export, run, measure.
+    TVM's relax/backend/<stock>/pipeline.py gives the stock legalization and lowering around them."""
+
+    kind = ""  # cpu | cuda | vulkan: the key backend_for looks the class up by
+    stock = "cpu_generic"
+    tunable = False  # MetaSchedule can tune its kernels
+    times_models = False  # its Device times whole compiled models (the latency objective)
+    # Kernel verification compares a tuned kernel with the unscheduled one (it runs as it is), or,
+    # where an unscheduled kernel cannot run (no threads to launch on a GPU), with the default schedule.
+    verify_against_unscheduled = True
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.family = family(spec.schedule_family)
+        if self.family.kind != self.kind:
+            raise QCompileError(f"target '{spec.name}': schedule family '{self.family.name}' is for "
+                                f"{self.family.kind} targets, not {self.kind}")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The per-layer precisions its kernels realize: int4 only where 4-bit weights are stored as such."""
+        return tuple(p for p in PRECISIONS if p != "int4" or self.family.int4_storage)
+
+    def tvm_target(self):
+        import tvm
+
+        return tvm.target.Target({"kind": "llvm", **self.spec.llvm})
+
+    def _stock(self):
+        # The backend's own pipeline module: tvm.relax.pipeline's dispatchers reach for
+        # cpu_generic.dataflow_lower_passes, which 0.27's cpu_generic package does not export.
+        return importlib.import_module(f"tvm.relax.backend.{self.stock}.pipeline")
+
+    def dispatch_passes(self, target) -> list:
+        return self._stock().library_dispatch_passes(target)
+
+    def relax_passes(self) -> list:
+        """Passes on the Relax graph before legalization (int8 layers into the family's kernels)."""
+        return []
+
+    def schedule_passes(self, target) -> list:
+        """The default schedules, after legalization, where the TIR kernels exist."""
+        raise NotImplementedError
+
+    def fused_module_passes(self, target) -> list:
+        """Everything up to the fused TIR kernels: the module tuning extracts its tasks from, and the
+        one tuning records are applied to (the same passes, so the records' workloads match)."""
+        from tvm import relax
+
+        # The stock legalization without the default schedules CUDA's adds: ours follow in schedule_passes.
+        fusion = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+                  relax.transform.FuseOps(), relax.transform.FuseTIR()]
+        return self.dispatch_passes(target) + self.relax_passes() + fusion
+
+    def scheduled_passes(self, target, tuned: bool = False) -> list:
+        """Fused and scheduled; `tuned`: the kernels of the tuning database in scope by their records first."""
+        from tvm import relax
+
+        apply_records = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if tuned else []
+        return self.fused_module_passes(target) + apply_records + self.schedule_passes(target)
+
+    def default_schedule(self, task_mod, target):
+        """One extracted kernel under the default schedules (the reference a tuned kernel must beat)."""
+        import tvm
+
+        fresh = tvm.ir.load_json(tvm.ir.save_json(task_mod))  # the default-schedule pass edits its input
+        with target:
+            return tvm.transform.Sequential(self.schedule_passes(target))(fresh)
+
+    def compile(self, mod, database=None):
+        """The compiled module: a Relax executable (a scheduled module for Vulkan); with `database`
+        (records.trusted_database), its verified kernels replace the default schedules."""
+        import tvm
+
+        target = self.tvm_target()
+        stock = self._stock()
+
+        @tvm.transform.module_pass(opt_level=0, name=f"qcompile.pipeline.{self.family.name}")
+        def pipeline(mod, _ctx):
+            with target:
+                return tvm.transform.Sequential(self.scheduled_passes(target, database is not None)
+                                                + stock.dataflow_lower_passes(target) + stock.finalize_passes(target))(mod)
+
+        with compiling(self.spec), database if database is not None else contextlib.nullcontext():
+            return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+
+    def export(self, compiled, output, metadata: dict):
+        """The artifact file at `output`, written atomically."""
+        raise NotImplementedError
+
+    def write_bundle(self, artifact, bundle, metadata: dict):
+        """A folder that runs the artifact on the device with nothing else installed."""
+        raise NotImplementedError
+
+    def run(self, path, arrays: list[np.ndarray], metadata: dict, repeat: int, bundle=None):
+        """(outputs, median latency in ms or None, how it ran)."""
+        raise NotImplementedError
+
+    def device(self, rpc=None, target=None) -> "Device":
+        """Where kernels and models are measured: this machine, or a device at an RPC tracker."""
+        raise QCompileError(f"target '{self.spec.name}': {self.kind} kernels cannot be measured by qcompile")
+
+    def tuning_target(self, num_cores: int | None = None):
+        """The target MetaSchedule searches under (where `tunable`)."""
+        raise NotImplementedError
+
+    def tune_space(self, task_mod):
+        """MetaSchedule's design space for one kernel."""
+        raise NotImplementedError
+
+
+class Device:
+    """Measures on one device: single kernels (tuning, verification), whole models (latency)."""
+
+    def kernel(self, mod, arrays: list[np.ndarray], timed: bool = False) -> tuple[list[np.ndarray], float | None]:
+        """Run a scheduled one-kernel module once on `arrays` (its parameters, outputs included):
+        (every parameter after the run, microseconds per run when `timed`)."""
+        raise NotImplementedError
+
+    def model_us(self, executable, arrays: list[np.ndarray]) -> float:
+        """Microseconds of a compiled model's main on `arrays` (where the backend times_models)."""
+        raise NotImplementedError
+
+    def builder(self):
+        """MetaSchedule's builder for this device's candidates."""
+        raise NotImplementedError
+
+    def runner(self):
+        """MetaSchedule's runner on this device."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def random_arrays(shapes_dtypes, seed: int = 0) -> list[np.ndarray]:
+    """Inputs for timing and verifying one kernel: small integers (shifts and products stay
+    defined), normal floats."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, dtype in shapes_dtypes:
+        shape, dtype = [int(d) for d in shape], str(dtype)
+        if dtype.startswith(("int", "uint")):
+            arrays.append(rng.integers(0, 4, shape).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+    return arrays
+
+
+def param_types(func) -> list[tuple[list[int], str]]:
+    """(shape, dtype) of each parameter of a PrimFunc."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    return [([int(d) for d in info.shape], str(info.dtype)) for info in ArgInfo.from_prim_func(func)]
+
+
+def time_us(module, device, tensors, function: str = "main", number: int = 20, repeat: int = 5,
+            min_repeat_ms: int = 10) -> float:
+    """Median microseconds of module[function] by TVM's time evaluator (on the device itself)."""
+    timer = module.time_evaluator(function, device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    return float(np.median(timer(*tensors).results)) * 1e6
+
+
+def median_ms(call, repeat: int) -> float | None:
+    """The median wall time of `repeat` calls, in ms (None for no repeats)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times) if times else None

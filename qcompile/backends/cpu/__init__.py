@@ -1,0 +1,98 @@
+"""The CPU backend (LLVM): int8 layers into the family's packed kernels, channels-last, the
+default CPU schedule, shared libraries native or cross-linked, run natively or under qemu-user,
+tuned with MetaSchedule here or on boards at an RPC tracker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import QCompileError
+from ...targets import detect_host
+from ..base import Backend
+
+
+class CPUBackend(Backend):
+    kind = "cpu"
+    tunable = True
+    times_models = True
+
+    def relax_passes(self) -> list:
+        kernel = self.family.int8
+        if kernel is None:
+            return []
+        from ..packed.pack import is_eligible, pack_int8_pass
+        from .channels_last import channels_last_pass
+
+        return ([channels_last_pass(is_eligible)] if self.family.channels_last else []) + [pack_int8_pass(kernel)]
+
+    def schedule_passes(self, target) -> list:
+        from tvm.s_tir.dlight import ApplyDefaultSchedule
+
+        from ..packed.schedule import Int8Packed
+        from .default_schedule import CPUDefault
+
+        first = [Int8Packed(self.family.int8)] if self.family.int8 is not None else []
+        return [ApplyDefaultSchedule(*first, CPUDefault())]
+
+    def export(self, compiled, output, metadata: dict):
+        from .export import write_library
+
+        return write_library(compiled, self.spec, Path(output), metadata)
+
+    def write_bundle(self, artifact, bundle, metadata: dict):
+        from .export import write_bundle
+
+        return write_bundle(self.spec, Path(artifact), Path(bundle), metadata)
+
+    def run(self, path, arrays, metadata: dict, repeat: int, bundle=None):
+        from .run import run_emulated, run_native
+
+        spec = self.spec
+        if spec.toolchain.get("libc") == "bionic":
+            raise QCompileError(f"{path}: '{spec.name}' artifacts run on Android devices only (copy the bundle there)")
+        host = detect_host()
+        if spec.arch == host["arch"]:
+            have = set(host["llvm"].get("mattr", []))
+            lacking = [f for f in spec.llvm.get("mattr", []) if f.startswith("+") and f not in have]
+            if lacking:
+                raise QCompileError(f"{path}: built for '{spec.name}', which needs CPU features this machine lacks: "
+                                    f"{', '.join(lacking)}")
+            return (*run_native(Path(path), arrays, repeat), "native")
+        if spec.runtime.get("emulator"):
+            return (*run_emulated(Path(path), arrays, spec, repeat, bundle), f"emulated ({spec.runtime['emulator'][0]})")
+        raise QCompileError(f"{path}: a {spec.arch} artifact cannot run on this {host['arch']} machine and its "
+                            "target has no emulator")
+
+    def device(self, rpc=None, target=None):
+        from .devices import LocalDevice, RemoteDevice
+        from .rpc import wait_for_device
+
+        if rpc is None:
+            if not self.spec.is_native:
+                raise QCompileError(f"target '{self.spec.name}' ({self.spec.arch}) cannot be measured on this machine; "
+                                    "measure on the device through --rpc-tracker HOST:PORT --rpc-key KEY")
+            return LocalDevice(self.spec, target)
+        wait_for_device(rpc)
+        return RemoteDevice(self.spec, rpc, target)
+
+    def tuning_target(self, num_cores: int | None = None):
+        import tvm
+
+        from ...threads import use_physical_cores
+
+        cores = num_cores or use_physical_cores()  # the threads the kernels are measured with
+        return tvm.target.Target({"kind": "llvm", **self.spec.llvm, "num-cores": cores})
+
+    def tune_space(self, task_mod):
+        """A packed int8 kernel: its own schedule with the row tile sampled. Any other kernel:
+        MetaSchedule's generic CPU rules, not its x86 defaults: with VNNI in the target those
+        auto-tensorize unpacked weights (fast and wrong)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        from ..packed.schedule import is_packed_kernel, tuning_space
+
+        if self.family.int8 is not None and is_packed_kernel(task_mod):
+            return tuning_space(self.family.int8)
+        return ms.space_generator.PostOrderApply(sch_rules=ms.ScheduleRule.create("llvm"),
+                                                 postprocs=ms.Postproc.create("llvm"),
+                                                 mutator_probs=ms.Mutator.create("llvm"))

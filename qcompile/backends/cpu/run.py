@@ -1,0 +1,79 @@
+"""Run a CPU artifact: natively through TVM's Relax VM, or, for another architecture, through the
+bundle's runner under the target's emulator (qemu-user)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import QCompileError
+from ...toolchain import emulator, fresh_dir
+from ..base import median_ms
+from .runtime import runtime_dir
+
+_LOADED = None  # this process's folder of loaded libraries, by content
+
+
+def load_library(path):
+    """tvm.runtime.load_module for an artifact that may have been rebuilt at the same path since
+    this process last loaded it: dlopen hands back the library already loaded under a name, so the
+    file is loaded under the name of its content's hash (a private copy, removed at exit)."""
+    import atexit
+    import hashlib
+    import os
+    import tempfile
+
+    import tvm
+
+    global _LOADED
+    if _LOADED is None:
+        _LOADED = Path(tempfile.mkdtemp(prefix="qcompile-loaded-"))
+        atexit.register(shutil.rmtree, _LOADED, True)
+    data = Path(path).read_bytes()
+    copy = _LOADED / f"{hashlib.sha256(data).hexdigest()[:32]}.so"
+    if not copy.exists():
+        tmp = copy.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, copy)
+    return tvm.runtime.load_module(str(copy))
+
+
+def _flatten(value) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    return [arr for item in value for arr in _flatten(item)]
+
+
+def run_native(path: Path, arrays: list[np.ndarray], repeat: int) -> tuple[list[np.ndarray], float | None]:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(load_library(path), tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    outputs = _flatten(vm["main"](*args))
+    return outputs, median_ms(lambda: vm["main"](*args), repeat)
+
+
+def run_emulated(path: Path, arrays: list[np.ndarray], spec, repeat: int, bundle) -> tuple[list[np.ndarray], float | None]:
+    runner_dir = Path(bundle) if bundle else runtime_dir(spec)
+    work = fresh_dir("run")
+    try:
+        files = []
+        for i, arr in enumerate(arrays):
+            files.append(str(work / f"input_{i}.npy"))
+            np.save(files[-1], arr)
+        cmd = [*emulator(spec), str(runner_dir / "qcompile_run"), str(path.resolve()), str(work)]
+        cmd += (["--repeat", str(repeat)] if repeat else []) + files
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise QCompileError(f"{path}: running under {cmd[0]} failed: {lines[-1] if lines else proc.returncode}")
+        count = int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("outputs=")).split("=")[1])
+        outputs = [np.load(work / f"output_{i}.npy") for i in range(count)]
+        latency = next((float(ln.split("=")[1]) for ln in proc.stdout.splitlines() if ln.startswith("latency_ms_median=")), None)
+        return outputs, latency
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

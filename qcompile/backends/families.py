@@ -1,0 +1,84 @@
+"""Schedule families as data: one record per ISA family (its backend kind, its packed int8 kernel,
+its layout), looked up by the name a target file gives. Adding a CPU family is one entry in
+FAMILIES (and, for a new instruction, its intrinsic in packed/intrinsics.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import QCompileError
+
+
+@dataclass(frozen=True)
+class Int8Kernel:
+    """How a family computes int8 convolutions: `lanes` output channels per vector, `kpack`
+    input channels reduced per instruction, activations widened/shifted to `act_dtype`."""
+
+    lanes: int
+    kpack: int
+    act_dtype: str  # uint8 (x86 VNNI), int8 (ARM sdot), int16 (exact pmaddwd / NEON widening)
+    intrin: str | None  # None: LLVM vectorizes the packed loops on its own
+    instruction: str  # what to look for in the assembly
+    pixels: int = 1  # output pixels per instruction (2 for a matrix-multiply instruction)
+    fallback: "Int8Kernel | None" = None  # for layers whose output width is not a multiple of `pixels`
+    tensor_core_matmul_min: int | None = None  # matmuls with every dimension over this stay for tensor cores
+
+    def for_layer(self, width: int, stride: int) -> "Int8Kernel":
+        """This kernel, or its fallback where the instruction's pixels are not adjacent in a row."""
+        if self.pixels == 1 or self.fallback is None or (width % self.pixels == 0 and stride == 1):
+            return self
+        return self.fallback
+
+    def for_tile(self, lanes: int, kpack: int) -> "Int8Kernel":
+        """The kernel (this one or its fallback) whose packing a scheduled function has."""
+        if (lanes, kpack) == (self.lanes, self.kpack) or self.fallback is None:
+            return self
+        return self.fallback
+
+    def shift(self, input_dtype: str) -> int:
+        """Added to every activation so it fits `act_dtype` (and subtracted back through the bias)."""
+        if self.act_dtype == "uint8" and input_dtype == "int8":
+            return 128
+        if self.act_dtype == "int8" and input_dtype == "uint8":
+            return -128
+        return 0
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a backend needs to know about one ISA family."""
+
+    name: str
+    kind: str  # the backend that compiles it: cpu | cuda | vulkan
+    int8: Int8Kernel | None = None  # the packed int8 kernel; None: TVM's legalized int8 kernels
+    channels_last: bool = False  # int8 convolutions go NHWC before packing (a pixel's channels contiguous)
+
+    @property
+    def int4_storage(self) -> bool:
+        """Whether 4-bit weights are stored two per byte (unpacked inside the packed int8 kernels)."""
+        return self.int8 is not None and self.int8.kpack % 2 == 0
+
+
+_SDOT = Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot")
+
+FAMILIES = {f.name: f for f in [
+    Family("x86-vnni", "cpu", Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd"), channels_last=True),
+    Family("x86-avx512", "cpu", Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"), channels_last=True),
+    Family("x86-avx2", "cpu", Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"), channels_last=True),
+    Family("arm-dotprod", "cpu", _SDOT, channels_last=True),
+    # smmla: 2 pixels x 2 output channels x 8 input channels; sdot where the width is odd
+    Family("arm-i8mm", "cpu", Int8Kernel(2, 8, "int8", "qcompile_smmla_2x2x8", "smmla", pixels=2, fallback=_SDOT),
+           channels_last=True),
+    Family("arm-neon", "cpu", Int8Kernel(8, 2, "int16", None, "smlal"), channels_last=True),
+    # CUDA: one dp4a per (output channel, 4 input channels); lanes = output channels per thread group.
+    # The GPU kernels stay NCHW.
+    Family("cuda", "cuda", Int8Kernel(4, 4, "int8", "qcompile_dp4a", "dp4a", tensor_core_matmul_min=64)),
+    # Vulkan: WGSL's dot4I8Packed on 32-bit words (vulkan/int8.py), not a packed kernel of this table.
+    Family("wgsl", "vulkan"),
+]}
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise QCompileError(f"unknown schedule family '{name}'; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]

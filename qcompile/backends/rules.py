@@ -1,0 +1,53 @@
+"""What every schedule rule shares: the target check (once, here), TVM's dlight GPU rules, and
+the loop measures the CPU schedules decide parallelism with."""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+
+# Below this many loop iterations a kernel runs on one thread: waking the pool costs more (measured:
+# a 96-element requantize took 46 us in parallel).
+PARALLEL_MIN_WORK = 1 << 15
+
+
+class TargetRule(ScheduleRule):
+    """A dlight rule for the kernels of one TVM target kind; subclasses write `schedule`."""
+
+    target_kind = "llvm"
+
+    def is_target_available(self, target) -> bool:
+        return target.kind.name == self.target_kind
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        return self.schedule(func, target, tunable)
+
+    def schedule(self, func, target, tunable):
+        raise NotImplementedError
+
+
+def dlight_gpu_rules(*first) -> list:
+    """TVM's default GPU schedules, after the rules in `first`."""
+    from tvm.s_tir.dlight import ApplyDefaultSchedule, gpu
+
+    return [ApplyDefaultSchedule(*first, gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback())]
+
+
+def loop_extent(sch, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def loop_work(sch, block) -> int:
+    """Iterations of the block's loop nest (1 for loops of unknown extent)."""
+    work = 1
+    for loop in sch.get_loops(block):
+        work *= loop_extent(sch, loop) or 1
+    return work
+
+
+def parallel_if_worth_it(sch, loop, work: int) -> None:
+    if work >= PARALLEL_MIN_WORK:
+        sch.parallel(loop)

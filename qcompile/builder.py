@@ -1,0 +1,98 @@
+"""Build: model file -> Relax -> float passes -> (quantize) -> the target's backend -> artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends import backend_for, host_engine
+from .errors import QCompileError
+from .frontends import load_model
+from .passes import float_passes
+from .report import build_metadata, write_report
+from .targets import get_target
+from .toolchain import compiler
+
+
+@dataclass
+class BuildResult:
+    artifact: Path
+    bundle: Path | None
+    metadata: dict
+
+
+@dataclass
+class Prepared:
+    spec: object
+    imported: object
+    float_mod: object
+    mod: object
+    quant_report: dict | None
+
+
+def quantize_step(mod, imported, quantize, calib):
+    """(module, quantization report or None): the user's quantization, or the realization of a
+    pre-quantized (QDQ) model, which would otherwise run as float with fake quantization."""
+    from .quantize import QuantConfig, has_qdq, quantize_module, realize
+
+    if quantize is None:
+        if not has_qdq(mod):
+            return mod, None
+        return realize(mod), {"config": {"mode": "pre-quantized (QDQ)"}, "layers": []}
+    if has_qdq(mod):
+        raise QCompileError(f"{imported.source}: the model is already quantized (QDQ); build it without --quantize")
+    config = quantize if isinstance(quantize, QuantConfig) else QuantConfig(**quantize)
+    return quantize_module(mod, imported.inputs, calib, config, imported.layer_names, engine=host_engine)
+
+
+def prepare(model, target: str, input_shapes=None, quantize=None, calib=None) -> Prepared:
+    """Model file -> the Relax module a build compiles (and tuning tunes): imported, simplified,
+    quantized when asked."""
+    import tvm
+
+    spec = get_target(target)
+    backend_for(spec)  # an unknown schedule family fails before minutes of work
+    compiler(spec)  # and so does a missing toolchain
+    imported = load_model(model, input_shapes)
+    float_mod = tvm.transform.Sequential(float_passes())(imported.mod)
+    mod, quant_report = quantize_step(float_mod, imported, quantize, calib)
+    return Prepared(spec, imported, float_mod, mod, quant_report)
+
+
+def compile_module(mod, spec, records=None):
+    """`mod` compiled by the backend of `spec`; with `records` (a tuning database folder), kernels
+    tuned and verified there replace the default schedules."""
+    from .records import trusted_database
+
+    database = trusted_database(records, spec) if records is not None else None
+    return backend_for(spec).compile(mod, database)
+
+
+def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
+          bundle=None, quantize=None, calib=None, report=None, records=None) -> BuildResult:
+    """Compile `model` for `target` into the artifact `output` (and a deploy bundle).
+    `quantize`: a QuantConfig (or its fields as a dict; its `precisions` a per-layer configuration)
+    to quantize with `calib` data; `report`: a JSON path for the per-layer quantization report;
+    `records`: a tuning database folder written by `tune` (the model is not tuned again)."""
+    prepared = prepare(model, target, input_shapes, quantize, calib)
+    return build_prepared(prepared, output, bundle=bundle, report=report, records=records)
+
+
+def build_prepared(prepared: Prepared, output, *, bundle=None, report=None, records=None,
+                   on_artifact=None) -> BuildResult:
+    """The rest of a build once the module is final. `on_artifact(path, metadata)` runs after the
+    artifact is written (the mixed-precision search writes its choice there); if it or anything
+    after it fails, the artifact is removed: no partial result is left behind."""
+    backend = backend_for(prepared.spec)
+    meta = build_metadata(prepared, records)
+    artifact = backend.export(compile_module(prepared.mod, prepared.spec, records), Path(output), meta)
+    try:
+        if on_artifact is not None:
+            on_artifact(artifact, meta)
+        if report is not None:
+            write_report(Path(report), meta, prepared.quant_report, artifact)
+        bundle_path = backend.write_bundle(artifact, Path(bundle), meta) if bundle is not None else None
+    except BaseException:
+        artifact.unlink(missing_ok=True)
+        raise
+    return BuildResult(artifact, bundle_path, meta)
