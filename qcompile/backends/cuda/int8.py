@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from ..families import Int8Kernel
 from ..packed.intrinsics import register
-from ..packed.schedule import find_dot_block
+from ..packed.schedule import PackedKernelRule
 from ..rules import TargetRule
 
 THREADS = 128
@@ -22,17 +21,10 @@ def _bind_flat(sch, block) -> None:
     sch.bind(tx, "threadIdx.x")
 
 
-class Int8PackedGPU(TargetRule):
+class Int8PackedGPU(PackedKernelRule):
     target_kind = "cuda"
 
-    def __init__(self, kernel: Int8Kernel):
-        self.kernel = kernel
-
-    def schedule(self, func, target, _tunable):
-        sch = s_tir.Schedule(func)
-        dot = find_dot_block(sch)
-        if dot is None:
-            return None
+    def schedule_packed(self, sch, dot):
         sch.unannotate(dot, "schedule_rule")
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         index = [sch.get(b).name_hint for b in blocks].index(sch.get(dot).name_hint)

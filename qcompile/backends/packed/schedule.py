@@ -97,8 +97,8 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     return sch
 
 
-class Int8Packed(TargetRule):
-    """Default schedule (dlight rule) for the kernels the family's pack pass produced."""
+class PackedKernelRule(TargetRule):
+    """A rule for the kernels a family's pack pass produced (any other kernel is left to the next rule)."""
 
     def __init__(self, kernel: Int8Kernel):
         self.kernel = kernel
@@ -106,8 +106,16 @@ class Int8Packed(TargetRule):
     def schedule(self, func, target, _tunable):
         sch = s_tir.Schedule(func)
         dot = find_dot_block(sch)
-        if dot is None:
-            return None
+        return None if dot is None else self.schedule_packed(sch, dot)
+
+    def schedule_packed(self, sch, dot):
+        raise NotImplementedError
+
+
+class Int8Packed(PackedKernelRule):
+    """Default CPU schedule (dlight rule) of the packed kernels."""
+
+    def schedule_packed(self, sch, dot):
         loops = sch.get_loops(dot)
         width = loop_extent(sch, loops[3])
         pixels = 1 if len(loops) == 7 else self.kernel.for_tile(loop_extent(sch, loops[4]), loop_extent(sch, loops[-1])).pixels

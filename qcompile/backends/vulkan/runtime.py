@@ -1,5 +1,5 @@
-"""Runs a qcompile WGSL artifact (see qcompile/wgsl.py) on a Vulkan device through wgpu. Needs only
-numpy and wgpu: no TVM. Buffers, pipelines and bind groups are made once at load; a run writes the
+"""Runs a qcompile WGSL artifact (written by backends/vulkan/wgsl.py) on a Vulkan device through
+wgpu. Needs only numpy and wgpu: no TVM. Buffers, pipelines and bind groups are made once at load; a run writes the
 inputs, records every dispatch in one command buffer, and reads the outputs back.
 
     model = VulkanModel("model.vkz")
