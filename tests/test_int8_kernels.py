@@ -21,18 +21,20 @@ from qcompile.backends.packed.pack import (
     unpack_int4,
 )
 from qcompile.backends.packed.schedule import Int8Packed
-from qcompile.targets import _cpu_flags, get_target
+from qcompile.targets import detect_host, get_target
 
-TARGETS = {  # family -> (LLVM target fields, the CPU flags needed to run it here)
-    "x86-vnni": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"]},
-                 {"avx512_vnni", "avx512bw"}),
-    "x86-avx512": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma", "+avx512f", "+avx512bw", "+avx512vl"]},
-                   {"avx512bw"}),
-    "x86-avx2": ({"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma"]}, {"avx2"}),
-    "arm-dotprod": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}, None),
-    "arm-neon": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, None),
-    "arm-i8mm": ({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]}, None),
-}
+TARGETS = {"x86-vnni": "x86-avx512-vnni", "x86-avx512": "x86-avx512", "x86-avx2": "x86-avx2",  # family -> a target file
+           "arm-dotprod": "rpi5", "arm-neon": "rpi4", "arm-i8mm": "graviton3"}
+
+
+def _runs_here(family) -> bool:
+    """The family's target runs natively on this CPU (aarch64 kernels run under qemu in test_quantize_models)."""
+    spec, host = get_target(TARGETS[family]), detect_host()
+    return spec.arch == host["arch"] and set(spec.features()) <= set(host["llvm"]["mattr"])
+
+
+def test_each_family_is_tested_through_a_target_file_of_that_family():
+    assert {family: get_target(name).schedule_family for family, name in TARGETS.items()} == {f: f for f in TARGETS}
 
 
 def _i64(*dims):
@@ -66,7 +68,7 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
     ref = torch.nn.functional.conv2d(torch.tensor(xv.astype(np.float64)), torch.tensor(wv.astype(np.float64)),
                                      stride=stride, padding=1, groups=c if depthwise else 1).numpy()
     tensors[0], ref = to_layout(tensors[0]), to_layout(ref)
-    target = tvm.target.Target({"kind": "llvm", **TARGETS[family][0]})
+    target = backend_for(get_target(TARGETS[family])).tvm_target()
     sch = Int8Packed(kernel).apply(te.create_prim_func(args), target, False)
     assert sch is not None
     return tvm.compile(sch.mod, target=target), tensors, ref, kernel
@@ -80,9 +82,8 @@ def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input
     asm = lib.mod.inspect_source("asm")
     assert kernel.instruction == FAMILIES[family].int8.instruction  # an even output width: the family's own
     assert kernel.instruction in asm
-    needs = TARGETS[family][1]
-    if needs is None or not needs <= _cpu_flags():
-        return  # compiled and checked above; aarch64 runs under qemu in test_quantize_models
+    if not _runs_here(family):
+        return  # compiled and checked above
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)
@@ -104,8 +105,7 @@ def test_int4_weights_unpack_inside_the_packed_kernel_exactly(family):
     lib, tensors, ref, kernel = _conv_kernel(family, "int8", int4=True)
     assert tensors[1].size * 2 == pack_weight(np.zeros((40, 20, 3, 3), np.int8), kernel).size  # half the bytes
     assert kernel.instruction in lib.mod.inspect_source("asm")
-    needs = TARGETS[family][1]
-    if needs is None or not needs <= _cpu_flags():
+    if not _runs_here(family):
         return
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
