@@ -29,3 +29,15 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     assert any("image/png" in o.get("data", {}) for o in outputs), "every notebook shows at least one plot"
     assert any("ok" in o.get("text", "").split() for o in outputs if o.output_type == "stream"), \
         "the notebook's own checks ran to their end"
+
+
+def test_no_document_starts_an_rpc_tracker_or_server_on_every_interface():
+    """Anyone who reaches a TVM RPC tracker or server can run code on the device: what qcompile
+    documents binds to loopback or a named address, never TVM's default 0.0.0.0."""
+    root = Path(__file__).resolve().parents[1]
+    for path in [root / "README.md", *NOTEBOOKS]:
+        text = path.read_text()
+        commands = [line for line in text.replace("\\n", "\n").splitlines() if "tvm.exec.rpc_" in line]
+        assert commands or path.name != "README.md"
+        for line in commands:
+            assert "--host" in line and "0.0.0.0" not in line, f"{path.name}: {line.strip()}"
