@@ -242,6 +242,17 @@ def test_tuning_vulkan_through_an_rpc_tracker_is_refused_in_one_line(small_cnn_p
     assert not (tmp_path / "db").exists()
 
 
+def test_an_asymmetric_build_for_vulkan_is_refused_in_one_line(small_cnn_path, tmp_path):
+    """uint8 activations would come out wrong on dot4I8Packed: the build refuses them, leaving nothing."""
+    from test_cli import assert_one_line_error, qc
+
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))
+    proc = qc("build", small_cnn_path, "--target", "vulkan", "--input-shape", "x:1,1,8,8", "--quantize", "int8",
+              "--asymmetric", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "m.vkz")
+    assert_one_line_error(proc, "asymmetric (uint8) activations", "--asymmetric")
+    assert not (tmp_path / "m.vkz").exists()
+
+
 def _two_kernel_func(intermediate: bool):
     from tvm import s_tir, te
 

@@ -23,7 +23,10 @@ def _te_bound(value):
     args = value.args[1]
     if match is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2 or not is_scalar_const(args.fields[1]):
         return None
-    return match.group(1), args.fields[0], float(const_value(args.fields[1]).reshape(()))
+    x, bound = args.fields[0], const_value(args.fields[1])
+    if bound.ndim > len(x.ty.shape.values):  # broadcasting would give the kernel's output more dimensions than x
+        return None
+    return match.group(1), x, float(bound.reshape(()))
 
 
 def canonicalize_clip(mod):
@@ -38,7 +41,7 @@ def canonicalize_clip(mod):
             out = bb.emit(R.maximum(x, relax.const(c, x.ty.dtype)), str(var.name))
             lower_bounded[out] = (x, c)
             return out
-        if x in lower_bounded:
+        if x in lower_bounded and lower_bounded[x][1] <= c:  # lo > hi: min(max(x, lo), hi) is hi, clip's is lo
             src, lo = lower_bounded[x]
             return bb.emit(R.clip(src, lo, c), str(var.name))
         return bb.emit(R.minimum(x, relax.const(c, x.ty.dtype)), str(var.name))

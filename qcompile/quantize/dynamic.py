@@ -31,7 +31,8 @@ def dynamic_quantize(mod, mode: str = "dynamic", per_channel: bool = True, skip_
 
     def rule(bb, var, value):
         if (op_name(value) != "matmul" or not is_var(value.args[0]) or not is_const(value.args[1])
-                or tensor_dtype(value.args[0]) != "float32" or layer_of.get(var) in skip_layers):
+                or tensor_dtype(value.args[0]) != "float32" or layer_of.get(var) in skip_layers
+                or const_value(value.args[1]).ndim < 2):  # x @ w[K] has no output channel to scale
             return emit_as_is(bb, var, value)
         x = value.args[0]
         wq, scale = _int8_weight(const_value(value.args[1]), per_channel)

@@ -56,6 +56,9 @@ class VulkanBackend(Backend):
 
         import tvm
 
+        from .int8 import check_symmetric
+
+        check_symmetric(mod)
         target = self.tvm_target()
         with compiling(self.spec), target, database if database is not None else contextlib.nullcontext():
             return tvm.transform.Sequential(self.scheduled_passes(target, database is not None))(mod)

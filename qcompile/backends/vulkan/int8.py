@@ -22,7 +22,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax import op as R
 
-from ...ir import const_value, is_const, op_name, rewrite_main, tensor_dtype
+from ...errors import QCompileError
+from ...ir import const_value, is_const, main_bindings, op_name, rewrite_main, tensor_dtype
 from ..packed.pack import ONE_BY_ONE, emit_matmul_as_conv
 
 NARROW = ("int8", "uint8", "int16")
@@ -230,6 +231,16 @@ class _Rewrite:
                 isinstance(value, relax.Call) and value.args[0] in self.narrow:
             self.narrow.add(out)
         return out
+
+
+def check_symmetric(mod) -> None:
+    """Refuse uint8 (asymmetric) activations in one line: dot4I8Packed reads every byte as signed,
+    and the zero points realize adds around the requantize have no 32-bit form here yet, so such a
+    module would compute wrong results rather than fail."""
+    for var, value in main_bindings(mod):
+        if op_name(value) in ("astype", "quantize") and tensor_dtype(var) == "uint8":
+            raise QCompileError(f"vulkan: tensor '{var.name}' holds asymmetric (uint8) activations, which the WGSL "
+                                "kernels do not support; quantize with symmetric activations (without --asymmetric)")
 
 
 def wgsl_int_pass():

@@ -1,0 +1,123 @@
+"""channels_last_pass (backends/cpu/channels_last.py): int8 conv2d layers go NHWC/OHWI, float-only modules stay NCHW."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from qcompile.backends.cpu.channels_last import channels_last_pass
+from qcompile.backends.packed.pack import is_eligible
+
+RNG = np.random.default_rng(0)
+W1 = RNG.integers(-127, 128, (4, 3, 3, 3)).astype("int8")  # OIHW
+B1 = RNG.integers(-1000, 1000, (1, 4, 1, 1)).astype("int32")  # NCHW broadcast bias
+W2 = RNG.integers(-127, 128, (2, 4, 1, 1)).astype("int8")
+WF = RNG.standard_normal((4, 3, 3, 3)).astype("float32")
+
+
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    """OIHW -> OHWI (or an NCHW constant -> NHWC): what ConvertLayout + FoldConstant make of a constant."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def _run(mod):
+    return channels_last_pass(is_eligible)(mod)
+
+
+def test_int8_conv_with_bias_and_clip_goes_nhwc():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8")) -> R.Tensor((1, 4, 8, 8), "int32"):
+            with R.dataflow():
+                y = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1], out_dtype="int32")
+                b = R.add(y, R.const(B1))
+                c = R.clip(b, -128, 127)
+                R.output(c)
+            return c
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8")) -> R.Tensor((1, 4, 8, 8), "int32"):
+            with R.dataflow():
+                lv = R.permute_dims(x, axes=[0, 2, 3, 1])  # the model's input, once
+                y = R.nn.conv2d(lv, R.const(_nhwc(W1)), padding=[1, 1, 1, 1], data_layout="NHWC",
+                                kernel_layout="OHWI", out_layout="NHWC", out_dtype="int32")
+                b = R.add(y, R.const(_nhwc(B1)))  # the bias constant folded to [1, 1, 1, 4]
+                lv1 = R.maximum(b, R.const(-128, "int32"))  # clip as maximum/minimum (no layout rule for clip)
+                c = R.minimum(lv1, R.const(127, "int32"))
+                gv = R.permute_dims(c, axes=[0, 3, 1, 2])  # back to NCHW at the output
+                R.output(gv)
+            return gv
+
+    tvm.ir.assert_structural_equal(_run(Before), Expected)
+
+
+def test_activations_stay_channels_last_between_int8_convs():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8")) -> R.Tensor((1, 2, 8, 8), "int32"):
+            with R.dataflow():
+                y = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1], out_dtype="int32")
+                c = R.clip(R.add(y, R.const(B1)), -128, 127)
+                q = R.astype(c, "int8")
+                z = R.nn.conv2d(q, R.const(W2), out_dtype="int32")
+                R.output(z)
+            return z
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8")) -> R.Tensor((1, 2, 8, 8), "int32"):
+            with R.dataflow():
+                lv = R.permute_dims(x, axes=[0, 2, 3, 1])
+                y = R.nn.conv2d(lv, R.const(_nhwc(W1)), padding=[1, 1, 1, 1], data_layout="NHWC",
+                                kernel_layout="OHWI", out_layout="NHWC", out_dtype="int32")
+                b = R.add(y, R.const(_nhwc(B1)))
+                lv1 = R.maximum(b, R.const(-128, "int32"))
+                c = R.minimum(lv1, R.const(127, "int32"))
+                q = R.astype(c, "int8")  # no transpose between the two layers
+                z = R.nn.conv2d(q, R.const(_nhwc(W2)), data_layout="NHWC", kernel_layout="OHWI",
+                                out_layout="NHWC", out_dtype="int32")
+                gv = R.permute_dims(z, axes=[0, 3, 1, 2])
+                R.output(gv)
+            return gv
+
+    tvm.ir.assert_structural_equal(_run(Before), Expected)
+
+
+def _float_conv():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+            with R.dataflow():
+                y = R.nn.conv2d(x, R.const(WF), padding=[1, 1, 1, 1])
+                c = R.clip(y, 0, 6)  # stays a clip: the pass does nothing to a module without int8 convs
+                R.output(c)
+            return c
+
+    return Before
+
+
+def _int8_conv_runtime_weight():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8"),
+                 w: R.Tensor((4, 3, 3, 3), "int8")) -> R.Tensor((1, 4, 8, 8), "int32"):
+            with R.dataflow():
+                y = R.nn.conv2d(x, w, padding=[1, 1, 1, 1], out_dtype="int32")  # weight not a constant
+                c = R.clip(y, -128, 127)
+                R.output(c)
+            return c
+
+    return Before
+
+
+@pytest.mark.parametrize("before", [_float_conv, _int8_conv_runtime_weight], ids=["float_conv", "int8_runtime_weight"])
+def test_module_without_eligible_conv_is_unchanged(before):
+    tvm.ir.assert_structural_equal(_run(before()), before())
