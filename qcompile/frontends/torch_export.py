@@ -7,22 +7,20 @@ from pathlib import Path
 
 from ..errors import QCompileError, last_line
 from .common import ImportedModel, TensorInfo, output_infos, raise_unsupported
+from .pt2_safe import load_program
 
 COMPUTE_TARGETS = ("convolution.", "conv1d.", "conv2d.", "linear.", "matmul.", "mm.", "addmm.", "bmm.", "conv_transpose2d.")
 
 
 def load_exported_program(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
     try:
-        import torch
+        import torch  # noqa: F401 - only to name the missing extra
     except ImportError:
         raise QCompileError(f"{path}: torch.export programs need PyTorch: pip install 'qcompile[torch]'") from None
     from tvm.relax.frontend.torch import from_exported_program
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
-    try:
-        program = torch.export.load(str(path))
-    except Exception as err:  # noqa: BLE001 - zip, pickle and schema errors alike
-        raise QCompileError(f"{path}: not a torch.export program ({last_line(err)})") from None
+    program = load_program(path)  # not torch.export.load: that unpickles (runs) code from the file
     if input_shapes:
         raise QCompileError(f"{path}: a torch.export program has fixed shapes; re-export it instead of --input-shape")
     program = program.run_decompositions()
