@@ -64,7 +64,7 @@ def compile_module(mod, spec, records=None):
     tuned and verified there replace the default schedules."""
     from .records import trusted_database
 
-    database = trusted_database(records, spec) if records is not None else None
+    database = trusted_database(records, spec, mod) if records is not None else None
     return backend_for(spec).compile(mod, database)
 
 

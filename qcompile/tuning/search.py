@@ -3,6 +3,10 @@ measured trial appended to the records folder at once, then each kernel's best v
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +16,8 @@ import numpy as np
 from ..backends import backend_for
 from ..backends.cpu.rpc import RPC, wait_for_device
 from ..builder import prepare
-from ..errors import QCompileError
-from ..records import TARGET, check_target, open_database, record_counts, workload_key, write_json
+from ..errors import Interrupted, QCompileError
+from ..records import TARGET, check_target, note_model, open_database, record_counts, workload_key, write_json
 from ..targets import get_target
 from .tasks import extract_tasks, without_stock_intrinsics
 from .verify import TaskResult, verify_all
@@ -25,6 +29,9 @@ class TuneResult:
     tasks: list[TaskResult] = field(default_factory=list)
     new_trials: int = 0
     seconds: float = 0.0
+
+
+DEVICE_GONE = "no free device with this key"  # what rpc.wait_for_device's error says
 
 
 def _progress_callback(bar, state: dict):
@@ -43,6 +50,11 @@ def _progress_callback(bar, state: dict):
                     state["failed"] += 1
             bar.update(len(runner_results))
             bar.set_postfix_str(f"{state['task']}: best {state.get('best_ms') or float('nan'):.4g} ms")
+            if any(DEVICE_GONE in (run.error_msg or "") for run in runner_results):
+                # the records so far are in the database already (the default callbacks ran first);
+                # raising here is the one way to stop MetaSchedule building trials nothing can run
+                state["device_gone"] = True
+                raise RuntimeError("no device left")
 
     return Progress()
 
@@ -57,17 +69,39 @@ def _strategy(trials: int):
                                                  genetic_num_iters=2 if trials < 32 else 4)
 
 
+@contextlib.contextmanager
+def noting_interrupts():
+    """SIGINT and SIGTERM raise KeyboardInterrupt and are noted in the dict yielded: an interrupt that
+    reaches Python inside one of TVM's callbacks (the cost model's, the progress bar's) comes back out
+    of TVM as a RuntimeError, which the note tells apart from a real failure."""
+    noted: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+
+    def interrupt(signum, frame):
+        noted["interrupted"] = True
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield noted
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def tune(model, target: str = "host", records="tuning-records", trials: int = 64, *, input_shapes=None,
          quantize=None, calib=None, rpc: RPC | None = None, progress: bool = True, seed: int = 0,
          trials_per_iter: int = 16) -> TuneResult:
     """Tune every kernel of `model` (as `build` would compile it) up to `trials` measured trials each,
     appending to the records folder `records`; returns what each kernel reached."""
-    with without_stock_intrinsics():
-        return _tune(model, target, records, trials, input_shapes=input_shapes, quantize=quantize, calib=calib,
+    with without_stock_intrinsics(), noting_interrupts() as interrupts:
+        return _tune(interrupts, model, target, records, trials, input_shapes=input_shapes, quantize=quantize, calib=calib,
                      rpc=rpc, progress=progress, seed=seed, trials_per_iter=trials_per_iter)
 
 
-def _tune(model, target, records, trials, *, input_shapes, quantize, calib, rpc, progress, seed,
+def _tune(interrupts: dict, model, target, records, trials, *, input_shapes, quantize, calib, rpc, progress, seed,
           trials_per_iter) -> TuneResult:
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
@@ -86,15 +120,19 @@ def _tune(model, target, records, trials, *, input_shapes, quantize, calib, rpc,
     device = backend.device(rpc, ms_target)  # fails fast: no such device, or no free one at the tracker
     prepared = prepare(model, target, input_shapes, quantize, calib)
     records = Path(records)
-    database = open_database(records, create=True)
-    check_target(records, spec)
+    check_target(records, spec)  # before the repair: records of another target are left as they are
+    database, moved = open_database(records)
+    if moved:
+        print(f"qcompile: {moved}", file=sys.stderr)
     write_json(records, TARGET, {"name": spec.name, "spec": spec.to_json()})
     register_all()
     tasks = extract_tasks(prepared.mod, backend, ms_target)
+    note_model(records, prepared.imported.source, [workload_key(mod) for _, mod in tasks])
     counts = record_counts(database)
     todo = [(name, mod, max(0, trials - counts.get(workload_key(mod), 0))) for name, mod in tasks]
     builder, runner = device.builder(), device.runner()
-    state = {"trials": 0, "failed": 0, "task": ""}
+    state = interrupts
+    state.update(trials=0, failed=0, task="")
     result = TuneResult(records)
     bar = tqdm(total=sum(n for _, _, n in todo), unit="trial", desc=f"tuning {Path(str(model)).name} for {spec.name}",
                disable=not progress)
@@ -123,10 +161,15 @@ def _tune(model, target, records, trials, *, input_shapes, quantize, calib, rpc,
         bar.close()
         result.new_trials = state["trials"]
         result.tasks = verify_all(tasks, database, records, backend, device, device.target)
-    except KeyboardInterrupt:
+    except BaseException as err:
         bar.close()
-        raise QCompileError(f"tuning interrupted; {state['trials']} new trials are kept in {records}: "
-                            "run the same command again to resume") from None
+        kept = f"{state['trials']} new trials are kept in {records}: run the same command again to resume"
+        if isinstance(err, KeyboardInterrupt) or state.get("interrupted"):
+            raise Interrupted(kept) from None
+        if state.get("device_gone"):
+            raise QCompileError(f"--rpc-key {rpc.key}: no device with this key is left at {rpc.tracker} "
+                                f"(waited {rpc.timeout_s} s); {kept}") from None
+        raise
     finally:
         device.close()
     result.seconds = time.perf_counter() - start
