@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .errors import QCompileError
+from .errors import Interrupted, QCompileError
 
 
 def _shapes(items: list[str] | None) -> dict[str, list[int]]:
@@ -34,7 +34,8 @@ def _quantize(args) -> dict | None:
         return {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
                 "per_channel": args.per_channel, "symmetric": not args.asymmetric,
                 "bias_correction": not args.no_bias_correction, "precisions": precisions,
-                "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ())}
+                "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ()),
+                "progress": sys.stderr.isatty()}  # a bar in a log is noise around the one error line
     if args.calib:
         raise QCompileError("--calib is only used with --quantize int8 or mixed")
     return None
@@ -255,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
+    except Interrupted as err:
+        print(f"qcompile: interrupted; {err}", file=sys.stderr)
+        return 130
     except QCompileError as err:
         print(f"qcompile: error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,11 @@ class QCompileError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class Interrupted(QCompileError):
+    """Ctrl-C or SIGTERM during long work: the CLI prints `qcompile: interrupted; <what was kept>`
+    and exits 130, as a shell does for a process ended by SIGINT."""
+
+
 class compiling:
     """`with compiling(spec):` turns any error from TVM's depths into one QCompileError line that
     names the target; QCompileErrors pass through unchanged."""

@@ -12,7 +12,7 @@ from ...errors import QCompileError, last_line
 from ...targets import TargetSpec
 from ...toolchain import compiler, fresh_dir, link_options
 from ..base import Device, time_us
-from .rpc import RPC
+from .rpc import RPC, connect_within, create_session
 
 
 def build_kernel(mod, target, _params=None):
@@ -24,15 +24,16 @@ def build_kernel(mod, target, _params=None):
     return tvm.compile(mod, target=target)
 
 
-def export_kernel(spec_json: dict, mod) -> str:
-    """Builder worker: link with the target's toolchain (a cross compiler for a remote board).
-    The library's folder is MetaSchedule's to remove once measured."""
+def export_kernel(spec_json: dict, folder: str | None, mod) -> str:
+    """Builder worker: link with the target's toolchain (a cross compiler for a remote board), into a
+    folder of its own under `folder` (MetaSchedule removes it once measured; the device removes
+    `folder` when it closes, so an interrupted run leaves nothing either)."""
     from tvm.support import cc as tvm_cc
 
     spec = TargetSpec.from_json(spec_json)
     work = fresh_dir("tune")
     try:
-        path = str(Path(tempfile.mkdtemp(prefix="qcompile-tune-")) / "kernel.so")
+        path = str(Path(tempfile.mkdtemp(prefix="qcompile-tune-", dir=folder)) / "kernel.so")
         mod.export_library(path, fcompile=tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -43,12 +44,27 @@ class _CPUDevice(Device):
     def __init__(self, spec, target=None):
         self.spec = spec
         self.target = target
+        self.workdir: Path | None = None  # the builder's kernels, for one run
+        self._runner = None
 
     def builder(self):
         from tvm.s_tir import meta_schedule as ms
 
-        return ms.builder.LocalBuilder(f_build=build_kernel, f_export=functools.partial(export_kernel, self.spec.to_json()),
-                                       max_workers=1, timeout_sec=120)
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="qcompile-tune-"))
+        return ms.builder.LocalBuilder(f_build=build_kernel, max_workers=1, timeout_sec=120,
+                                       f_export=functools.partial(export_kernel, self.spec.to_json(), str(self.workdir)))
+
+    def runner(self):
+        self._runner = self._make_runner()
+        return self._runner
+
+    def close(self) -> None:
+        pool = getattr(self._runner, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)  # its worker processes are killed, not left running
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     @staticmethod
     def _evaluator():
@@ -89,7 +105,7 @@ class LocalDevice(_CPUDevice):
 
         return self._model_us(relax.VirtualMachine(executable, self.dev), self.dev, arrays)
 
-    def runner(self):
+    def _make_runner(self):
         from tvm.s_tir import meta_schedule as ms
 
         return ms.runner.LocalRunner(evaluator_config=self._evaluator(), timeout_sec=60)
@@ -107,12 +123,10 @@ class RemoteDevice(_CPUDevice):
     @property
     def session(self):
         if self._session is None:
-            from tvm import rpc as tvm_rpc
-
-            host, port = self.rpc.host_port
             try:
-                self._session = tvm_rpc.connect_tracker(host, port).request(self.rpc.key,
-                                                                            session_timeout=self.rpc.timeout_s * 4)
+                self._session = connect_within(self.rpc, self.rpc.timeout_s)
+            except QCompileError:
+                raise
             except Exception as err:  # noqa: BLE001 - the tracker's errors become one line
                 raise QCompileError(f"--rpc-key {self.rpc.key}: no device could be reached at {self.rpc.tracker} "
                                     f"({last_line(err)})") from None
@@ -121,7 +135,7 @@ class RemoteDevice(_CPUDevice):
     def _upload(self, module, stem: str):
         self.uploads += 1  # a fresh name each time: re-opening an overwritten library would crash the server
         name = f"{stem}_{self.uploads}.so"
-        path = export_kernel(self.spec.to_json(), module)
+        path = export_kernel(self.spec.to_json(), None, module)
         try:
             self.session.upload(path, target=name)
         finally:
@@ -138,13 +152,15 @@ class RemoteDevice(_CPUDevice):
         dev = self.session.cpu()
         return self._model_us(relax.VirtualMachine(self._upload(executable, "model"), dev), dev, arrays)
 
-    def runner(self):
+    def _make_runner(self):
         from tvm.s_tir import meta_schedule as ms
 
         host, port = self.rpc.host_port
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=self.rpc.key,
                                      session_timeout_sec=self.rpc.timeout_s)
-        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=self._evaluator(), max_workers=1)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=self._evaluator(), max_workers=1,
+                                   f_create_session=create_session)
 
     def close(self) -> None:
         self._session = None
+        super().close()
