@@ -3,6 +3,7 @@ in one."""
 
 from __future__ import annotations
 
+from .atomic import check_writable
 from .builder import BuildResult
 from .builder import build as build_with_config
 
@@ -14,6 +15,12 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
     a JSON path for the per-layer quantization report; `records`: a tuning database folder
     written by `tune` (the model is not tuned again). `mixed`: search a precision per layer
     first (keyword arguments of mixed.search, plus `config_out`, the JSON the choice is written to)."""
+    # Every path written at the end is checked now, not after minutes of compiling.
+    for path in (output, report, (mixed or {}).get("config_out")):
+        if path is not None:
+            check_writable(path)
+    if bundle is not None:
+        check_writable(bundle, folder=True)
     if mixed is None:
         return build_with_config(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
                                  calib=calib, report=report, records=records)

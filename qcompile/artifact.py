@@ -1,19 +1,31 @@
 """Artifact metadata: a JSON record embedded in the shared library itself, so `inspect` and `run`
-work on a copied .so with nothing beside it."""
+work on a copied .so with nothing beside it.
+
+The record also holds the library's checksum, `library_sha256`: the sha256 of the whole file with
+the 64 hex digits of that field read as zeros. Export links the library with zeros there, hashes
+the file and writes the digest over the zeros in place (same length: no other byte moves); `run`
+recomputes it the same way and refuses a library that does not match before loading any of its
+code (a flipped byte there could crash the process, e.g. by SIGILL)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from .errors import QCompileError
 
 MARKER = b"QCOMPILE_METADATA_V1:"
+CHECKSUM = "library_sha256"
+_FIELD = f'"{CHECKSUM}": "'.encode()
+_ZEROS = b"0" * 64
+VULKAN_MEMBERS = ("plan.json", "weights.npz")  # beside metadata.json
 
 
 def metadata_source(metadata: dict) -> str:
-    """C++ source of a byte array holding MARKER + JSON + NUL, linked into the artifact."""
-    payload = MARKER + json.dumps(metadata, sort_keys=True).encode() + b"\0"
+    """C++ source of a byte array holding MARKER + JSON + NUL, linked into the artifact (its
+    checksum field zeros, for seal_library to fill in)."""
+    payload = MARKER + json.dumps({**metadata, CHECKSUM: _ZEROS.decode()}, sort_keys=True).encode() + b"\0"
     body = ",".join(str(b) for b in payload)
     return (
         'extern "C" __attribute__((visibility("default"), used))\n'
@@ -21,7 +33,30 @@ def metadata_source(metadata: dict) -> str:
     )
 
 
-def read_metadata(path) -> dict:
+def _checksum_at(data: bytes) -> int:
+    """Offset of the checksum's hex digits in the library's bytes (-1 if it has no checksum field)."""
+    start = data.find(MARKER)
+    at = data.find(_FIELD, start, data.find(b"\0", start)) if start >= 0 else -1
+    return at + len(_FIELD) if at >= 0 else -1
+
+
+def _digest(data: bytes, at: int) -> str:
+    return hashlib.sha256(data[:at] + _ZEROS + data[at + 64:]).hexdigest()
+
+
+def seal_library(path) -> str:
+    """Write the checksum into a library linked with metadata_source's record; returns it."""
+    data = Path(path).read_bytes()
+    at = _checksum_at(data)
+    digest = _digest(data, at)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(digest.encode())
+    return digest
+
+
+def read_metadata(path, verify: bool = False) -> dict:
+    """The artifact's metadata; with `verify`, a shared library must also match its checksum."""
     path = Path(path)
     if not path.is_file():
         raise QCompileError(f"{path}: no such artifact")
@@ -35,9 +70,16 @@ def read_metadata(path) -> dict:
         raise QCompileError(f"{path}: not a qcompile artifact (no embedded metadata)")
     start += len(MARKER)
     try:
-        return json.loads(data[start : data.index(b"\0", start)])
+        meta = json.loads(data[start : data.index(b"\0", start)])
     except (ValueError, json.JSONDecodeError):
         raise QCompileError(f"{path}: its embedded metadata is corrupt") from None
+    if verify:
+        at = _checksum_at(data)
+        if at < 0:
+            raise QCompileError(f"{path}: the library has no checksum (built by an older qcompile); rebuild it")
+        if meta.get(CHECKSUM) != _digest(data, at):
+            raise QCompileError(f"{path}: the library does not match its checksum (modified or corrupt); rebuild it")
+    return meta
 
 
 def _zip_metadata(path: Path) -> dict:
@@ -46,6 +88,10 @@ def _zip_metadata(path: Path) -> dict:
 
     try:
         with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read("metadata.json"))
+            meta, names = json.loads(zf.read("metadata.json")), zf.namelist()
     except (KeyError, zipfile.BadZipFile, json.JSONDecodeError):
         raise QCompileError(f"{path}: not a qcompile artifact (a zip without valid metadata.json)") from None
+    missing = [name for name in VULKAN_MEMBERS if name not in names]
+    if missing:
+        raise QCompileError(f"{path}: an incomplete Vulkan artifact: it lacks {', '.join(missing)}; rebuild it")
+    return meta

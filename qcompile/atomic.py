@@ -4,38 +4,71 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from .errors import QCompileError
 
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def check_writable(path, folder: bool = False) -> Path:
+    """`path` as a Path, if a file (or with `folder`, a folder) can be written there; else the one-line
+    error the write would end in, raised before any work is done."""
+    path = Path(path)
+    if path.is_symlink() and folder:
+        raise QCompileError(f"{path}: is a symbolic link; name a folder to write the bundle to")
+    if path.is_dir() and not folder:
+        raise QCompileError(f"{path}: is a folder; name a file (e.g. {path / 'model.so'})")
+    if path.exists() and folder and not path.is_dir():
+        raise QCompileError(f"{path}: is a file, not a folder")
+    parent = next(p for p in path.absolute().parents if p.exists())  # the folder mkdir would start from
+    if not parent.is_dir():
+        raise QCompileError(f"{path}: cannot write there: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise QCompileError(f"{path}: cannot write there: folder {parent} is not writable")
+    return path
+
+
+@contextmanager
+def _writing(path: Path):
+    try:
+        yield
+    except OSError as err:
+        raise QCompileError(f"{path}: cannot write it ({err.strerror or err})") from None
+
+
 @contextmanager
 def atomic_file(path):
     """Yields a temporary path beside `path`; renamed onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_writable(path)
     tmp = _tmp_name(path)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        os.replace(tmp, path)
+        with _writing(path):
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a failing cleanup must not hide the error that brought us here
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_dir(path):
     """Yields an empty temporary folder beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
+    path = check_writable(path, folder=True)
     tmp = _tmp_name(path)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with _writing(path):
+        tmp.mkdir(parents=True)
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with _writing(path):
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

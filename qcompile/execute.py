@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import read_metadata
-from .atomic import atomic_file
+from .atomic import atomic_file, check_writable
 from .backends import backend_for
 from .errors import QCompileError
 from .targets import TargetSpec
@@ -52,7 +52,9 @@ def load_inputs(inputs, meta: dict, source: str = "inputs") -> list[np.ndarray]:
 def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunResult:
     """Run `artifact` on `inputs` (.npz path or dict by input name); write `output` .npz if given."""
     path = Path(artifact)
-    meta = read_metadata(path)
+    if output is not None:
+        check_writable(output)
+    meta = read_metadata(path, verify=True)
     arrays = load_inputs(inputs, meta)
     backend = backend_for(TargetSpec.from_json(meta["target_spec"]))
     values, latency, how = backend.run(path, arrays, meta, repeat, bundle)

@@ -33,6 +33,11 @@ def _format_of(path: Path) -> str:
 
 def load_model(path, input_shapes: dict[str, list[int]] | None = None) -> ImportedModel:
     """Import a model file into Relax. `input_shapes` fixes dynamic dimensions by input name."""
+    for name, dims in (input_shapes or {}).items():
+        bad = next((i for i, d in enumerate(dims) if int(d) < 1), None)
+        if bad is not None:
+            raise QCompileError(f"--input-shape {name}:{','.join(map(str, dims))}: dimension {bad} is {dims[bad]}; "
+                                "every dimension must be >= 1")
     path = Path(path)
     if not path.exists():
         raise QCompileError(f"{path}: no such model file")

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import heapq
+import io
+import re
+import warnings
 from pathlib import Path
 
 from ..errors import QCompileError, last_line
@@ -27,6 +33,65 @@ def read_onnx(path: Path):
     except (OSError, ValueError, onnx.checker.ValidationError) as err:
         raise QCompileError(f"{path}: cannot load its external weight data: {err}") from None
     return model
+
+
+def _node_name(node, i: int) -> str:
+    return f"node '{node.name or f'#{i}'}' ({node.op_type})"
+
+
+def check_opset(path: Path, model) -> None:
+    """Refuse a default-domain opset newer than TVM's importer implements: it would pick older
+    converters silently."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    newest = max(int(m.group(1)) for c in _get_convert_map().values() for a in dir(c)
+                 if (m := re.fullmatch(r"_impl_v(\d+)", a)))
+    if opset is not None and opset > newest:
+        raise QCompileError(f"{path}: ONNX opset {opset} is newer than TVM's importer supports (up to opset {newest}); "
+                            f"export the model at opset {newest} or lower")
+
+
+def check_graph(path: Path, model) -> None:
+    """Every node input must be a graph input, an initializer or another node's output, and the
+    nodes must form no cycle; TVM's importer fails on either with a KeyError and no node named."""
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    known = {vi.name for vi in model.graph.input} | {init.name for init in model.graph.initializer}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            if name and name not in known and name not in producer:
+                raise QCompileError(f"{path}: {_node_name(node, i)}: its input '{name}' is not a graph input, "
+                                    "an initializer or any node's output (a missing initializer?)")
+    for out in model.graph.output:
+        if out.name not in known and out.name not in producer:
+            raise QCompileError(f"{path}: graph output '{out.name}' is produced by no node")
+    # Kahn's order, earliest node first: nodes left over lie on a cycle or after one.
+    deps = [{producer[n] for n in node.input if n in producer} for node in nodes]
+    users: dict[int, list[int]] = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    waiting = [len(d) for d in deps]
+    ready, order = [i for i, w in enumerate(waiting) if w == 0], []
+    while ready:
+        order.append(heapq.heappop(ready))
+        for j in users.get(order[-1], []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) < len(nodes):
+        left = set(range(len(nodes))) - set(order)
+        walk, i = [], min(left)
+        while i not in walk:  # step back through unfinished producers until a node repeats: a cycle
+            walk.append(i)
+            i = min(deps[i] & left)
+        cycle = walk[walk.index(i):][::-1]
+        raise QCompileError(f"{path}: the graph has a cycle: "
+                            + " -> ".join(_node_name(nodes[j], j) for j in cycle + cycle[:1]))
+    if order != list(range(len(nodes))):  # acyclic but out of order: ONNX forbids it, TVM's importer needs it
+        del model.graph.node[:]
+        model.graph.node.extend(nodes[i] for i in order)
 
 
 def unsupported_nodes(model):
@@ -128,7 +193,9 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
     from tvm.relax.frontend.onnx import from_onnx
 
     model = read_onnx(path)
+    check_opset(path, model)
     raise_unsupported(str(path), unsupported_nodes(model))
+    check_graph(path, model)
     model = fuse_pad_into_conv(fold_constant_nodes(model))
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in initializers]
@@ -139,16 +206,25 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in ttype.shape.dim]
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type))
         inputs.append(TensorInfo(vi.name, resolve_shape(str(path), vi.name, dims, input_shapes), dtype))
-    try:
-        mod = from_onnx(
-            model,
-            shape_dict={t.name: list(t.shape) for t in inputs},
-            dtype_dict={t.name: t.dtype for t in inputs},
-            keep_params_in_input=False,
-            sanitize_input_names=False,
-        )
+    printed, failure = io.StringIO(), None
+    try:  # TVM's importer prints the op it failed on (captured for our one line) and warns onnx.checker's verdict
+        with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+            warnings.simplefilter("ignore")
+            mod = from_onnx(
+                model,
+                shape_dict={t.name: list(t.shape) for t in inputs},
+                dtype_dict={t.name: t.dtype for t in inputs},
+                keep_params_in_input=False,
+                sanitize_input_names=False,
+            )
     except Exception as err:  # TVM raises many types; the user gets one line.
-        raise QCompileError(f"{path}: ONNX import failed: {last_line(err)}") from None
+        op = re.search(r"Error converting operator (\S+),", printed.getvalue())
+        failure = f"ONNX import failed{f' converting a {op.group(1)} node' if op else ''}: {last_line(err)}"
+    if failure:
+        # Raised here, not in the except: the failed importer is freed (and TVM's warning about its
+        # unfinished blocks printed) now, before the error line rather than after it.
+        gc.collect()
+        raise QCompileError(f"{path}: {failure}")
     outputs = output_infos(mod, [o.name for o in model.graph.output])
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node) if n.op_type in COMPUTE_NODES]
     return ImportedModel(mod, inputs, outputs, str(path), "onnx", layer_names)

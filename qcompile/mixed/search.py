@@ -22,7 +22,7 @@ from ..builder import compile_module
 from ..errors import QCompileError
 from ..quantize import QuantConfig, quantize_module
 from ..quantize.annotate import annotate, plan
-from ..quantize.calib_data import load_calibration
+from ..quantize.calib_data import load_calibration, read_npy
 from ..quantize.calibrate import choose_qparams, collect
 from ..quantize.search import candidates, group_tables, layer_groups, predicted
 from ..quantize.sensitivity import (
@@ -56,6 +56,10 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
         raise QCompileError(f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
     if not max_drop >= 0:
         raise QCompileError(f"--max-accuracy-drop must be a number of points >= 0, not {max_drop}")
+    if labels is not None:
+        labels = np.asarray(read_npy(labels, "--labels") if isinstance(labels, (str, Path)) else labels).reshape(-1)
+        if labels.dtype.kind not in "iu":
+            raise QCompileError(f"--labels: class indices must be integers, not {labels.dtype}")
     spec, imported, mod = prepared.spec, prepared.imported, prepared.float_mod
     backend = backend_for(spec)
     device = None
@@ -68,7 +72,6 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
     names = [t.name for t in imported.inputs]
     batches = load_calibration(calib, imported.inputs)
     if labels is not None:
-        labels = np.asarray(np.load(labels) if isinstance(labels, (str, Path)) else labels).reshape(-1)
         samples = sum(len(b[names[0]]) for b in batches)
         if len(labels) != samples:
             raise QCompileError(f"--labels: {len(labels)} labels for {samples} calibration samples")

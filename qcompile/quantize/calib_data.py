@@ -13,12 +13,27 @@ from ..errors import QCompileError
 from ..frontends.common import TensorInfo
 
 
+def read_npy(path, what: str = "") -> np.ndarray:
+    """One array from an .npy file, never unpickled; errors name `what` (a flag) and the file."""
+    culprit = f"{what} {path}".strip()
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise QCompileError(f"{culprit}: no such file") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise QCompileError(f"{culprit}: not a readable .npy array ({err})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise QCompileError(f"{culprit}: an .npz archive, not an .npy array")
+    return arr
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         files = sorted(path.glob("*.npy"))
         if not files:
             raise QCompileError(f"{path}: calibration folder holds no .npy files")
-        return {f.stem: np.load(f, allow_pickle=False) for f in files}
+        return {f.stem: read_npy(f) for f in files}
     if not path.is_file():
         raise QCompileError(f"{path}: no such calibration data")
     try:
@@ -55,6 +70,9 @@ def _check_batch(source: str, index: int, batch: dict, inputs: list[TensorInfo])
     checked = {}
     for t in inputs:
         arr = np.asarray(batch[t.name])
+        if arr.dtype.kind not in "biuf":
+            raise QCompileError(f"{source}: calibration batch {index}, input '{t.name}' holds {arr.dtype} values, "
+                                f"not numbers (the model expects {t.dtype})")
         if tuple(arr.shape) != tuple(t.shape):
             raise QCompileError(f"{source}: calibration batch {index}, input '{t.name}': shape {list(arr.shape)}, expected {list(t.shape)}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():

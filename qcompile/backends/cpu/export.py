@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ...artifact import metadata_source
+from ...artifact import CHECKSUM, metadata_source, seal_library
 from ...atomic import atomic_dir, atomic_file
 from ...targets import TargetSpec
 from ...toolchain import compiler, fresh_dir, link_options
@@ -16,6 +16,8 @@ from .runtime import runtime_dir
 
 
 def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) -> Path:
+    """The linked library at `output`, its metadata embedded and sealed with its checksum (see
+    artifact.py); `metadata` gains the checksum too."""
     from tvm.support import cc as tvm_cc
 
     work = fresh_dir("export")
@@ -25,6 +27,7 @@ def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) ->
         fcompile = tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work), add_files=[str(meta_src)])
         with atomic_file(output) as tmp:
             executable.export_library(str(tmp), fcompile=fcompile, workspace_dir=str(work))
+            metadata[CHECKSUM] = seal_library(tmp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Path(output)
