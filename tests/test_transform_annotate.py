@@ -1,0 +1,43 @@
+"""annotate: observe markers on the inputs of the ops that will compute in int8 (and plan's grouping)."""
+
+import tvm
+from relax_builders import B1, W1, W2, conv, function, two_convs
+from tvm import relax
+from tvm.relax import op as R
+
+from qcompile.ir import observe
+from qcompile.quantize import annotate
+from qcompile.quantize.annotate import Policy, plan
+
+
+def test_annotate_marks_the_inputs_of_quantized_ops():
+    def expected(bb, x):
+        xo = bb.emit(observe(x, "x"))
+        y = bb.emit(R.nn.relu(bb.emit(R.add(bb.emit(conv(xo, W1)), relax.const(B1)))))
+        yo = bb.emit(observe(y, "conv2d_0.out"))
+        return bb.emit(R.nn.softmax(bb.emit(conv(yo, W2)), axis=1))
+
+    tvm.ir.assert_structural_equal(annotate(function(two_convs)), function(expected))
+
+
+def test_annotate_leaves_skipped_layers_in_float():
+    def expected(bb, x):
+        xo = bb.emit(observe(x, "x"))
+        y = bb.emit(R.nn.relu(bb.emit(R.add(bb.emit(conv(xo, W1)), relax.const(B1)))))
+        return bb.emit(R.nn.softmax(bb.emit(conv(y, W2)), axis=1))
+
+    got = annotate(function(two_convs), policy=Policy(skip_layers=frozenset({"conv2d_1"})))
+    tvm.ir.assert_structural_equal(got, function(expected))
+
+
+def test_plan_groups_epilogues_and_elementwise_chains():
+    def hardswish_block(bb, x):
+        c = bb.emit(R.add(bb.emit(conv(x, W1)), relax.const(B1)))
+        gate = bb.emit(R.divide(bb.emit(R.clip(bb.emit(R.add(c, relax.const(3.0))), 0, 6)), relax.const(6.0)))
+        h = bb.emit(R.multiply(c, gate))
+        return bb.emit(conv(h, W2))
+
+    nodes = plan(function(hardswish_block)).nodes
+    assert [(n.kind, n.op, len(n.members)) for n in nodes] == [
+        ("compute", "conv2d", 2), ("compute", "conv2d", 1), ("elementwise", "elementwise", 4)]
+    assert all(n.quantized for n in nodes)

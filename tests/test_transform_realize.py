@@ -1,0 +1,69 @@
+"""realize: a QDQ module becomes int8 kernels with a fixed-point requantize, within one step of the simulation."""
+
+import numpy as np
+import pytest
+import tvm
+from relax_builders import B1, QX, QY, RNG, W1, W2, conv, fake_quant_per_channel, function, qdq
+from tvm import relax
+from tvm.relax import op as R
+
+from qcompile.backends import host_engine
+from qcompile.quantize import annotate, insert_qdq, realize
+
+
+def test_realize_turns_qdq_conv_into_int8_kernel_with_fixed_point_requantize():
+    w1, sw = fake_quant_per_channel(W1)
+
+    def before(bb, x):
+        xq = qdq(bb, x, QX)
+        y = bb.emit(R.nn.relu(bb.emit(R.add(bb.emit(conv(xq, w1)), relax.const(B1)))))
+        return qdq(bb, y, QY)
+
+    def expected(bb, x):
+        sx, zx = relax.const(np.float32(QX.scale)), relax.const(np.int32(0))
+        q = bb.emit(R.quantize(x, sx, zx, axis=-1, out_dtype="int8"))
+        wq = np.round(w1 / sw[:, None, None, None]).astype("int8")
+        acc = bb.emit(R.nn.conv2d(q, relax.const(wq), padding=[1, 1, 1, 1], out_dtype="int32"))
+        s_acc = np.float64(QX.scale) * sw.astype(np.float64)
+        bias = bb.emit(R.add(acc, relax.const(np.round(B1 / s_acc.reshape(1, -1, 1, 1)).astype("int32"))))
+        relu = bb.emit(R.maximum(bias, relax.const(np.int32(0))))
+        m = (s_acc / np.float64(QY.scale)).reshape(1, -1, 1, 1)
+        n = (30 - np.floor(np.log2(m))).astype("int64")
+        mult = np.round(m * 2.0**n).astype("int64")
+        y = R.multiply(R.astype(relu, "int64"), relax.const(mult, "int64"))  # int64 needs its dtype spelled out
+        y = R.right_shift(R.add(y, relax.const(1 << (n - 1), "int64")), relax.const(n, "int64"))
+        out_q = bb.emit(R.astype(R.clip(y, -128, 127), "int8"))
+        sy, zy = relax.const(np.float32(QY.scale)), relax.const(np.int32(0))
+        return bb.emit(R.dequantize(out_q, sy, zy, axis=-1, out_dtype="float32"))
+
+    tvm.ir.assert_structural_equal(realize(function(before)), function(expected), map_free_vars=True)
+
+
+def _run(mod, x):
+    return host_engine(mod)["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_realized_layer_is_within_one_step_of_simulation(symmetric):
+    """conv + bias + relu, a hardswish table, a residual add and global pooling: the integer
+    module's 8-bit codes are at most one quantization step from the float simulation's."""
+    from qcompile.quantize.calibrate import choose_qparams, collect
+
+    def model(bb, x):
+        c = bb.emit(R.add(bb.emit(conv(x, W1)), relax.const(B1)))
+        h = bb.emit(R.multiply(c, bb.emit(R.divide(bb.emit(R.clip(bb.emit(R.add(c, relax.const(3.0))), 0, 6)),
+                                                   relax.const(6.0)))))
+        r = bb.emit(R.add(bb.emit(conv(h, W2)), h))
+        return bb.emit(R.multiply(bb.emit(R.mean(r, axis=[2, 3], keepdims=True)), relax.const(1.0)))
+
+    mod = function(model)
+    xs = [RNG.standard_normal((1, 3, 8, 8)).astype("float32") for _ in range(4)]
+    annotated = annotate(mod)
+    qparams = choose_qparams(collect(annotated, [{"x": x} for x in xs], ["x"], host_engine, progress=False), symmetric=symmetric)
+    simulated = insert_qdq(annotated, qparams)
+    realized = realize(simulated)
+    out_step = float(qparams["mean_0.out"].scale) if "mean_0.out" in qparams else None
+    for x in xs:
+        sim, got = _run(simulated, x), _run(realized, x)
+        step = out_step or float(max(q.scale for q in qparams.values()))
+        assert np.abs(sim - got).max() <= step * 1.01, (np.abs(sim - got).max(), step)
