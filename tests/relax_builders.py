@@ -19,15 +19,23 @@ def x_var():
     return relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
 
 
-def function(body):
-    """A module whose main(x) is built by `body(bb, x)` (which returns the output)."""
+def tensor_var(name, shape, dtype):
+    return relax.Var(name, relax.TensorType(shape, dtype))
+
+
+def module(params, body):
+    """main(*params) whose dataflow block is `body(bb, *params)` (returning the output)."""
     bb = relax.BlockBuilder()
-    x = x_var()
-    with bb.function("main", [x]):
+    with bb.function("main", params):
         with bb.dataflow():
-            out = bb.emit_output(body(bb, x))
+            out = bb.emit_output(body(bb, *params))
         bb.emit_func_output(out)
     return bb.get()
+
+
+def function(body):
+    """A module whose main(x: [1, 3, 8, 8] float32) is built by `body(bb, x)` (which returns the output)."""
+    return module([x_var()], body)
 
 
 def conv(x, w):

@@ -5,6 +5,7 @@ import functools
 import numpy as np
 import pytest
 import tvm
+from relax_builders import module, tensor_var
 from tvm import relax
 from tvm.relax import op as R
 
@@ -24,20 +25,6 @@ W4 = RNG.integers(-8, 8, (6, 5, 3, 3)).astype("int8")  # 4-bit codes
 WD = RNG.integers(-127, 128, (5, 1, 3, 3)).astype("int8")  # depthwise, one filter per channel
 WM = RNG.integers(-127, 128, (12, 7)).astype("int8")  # matmul [K, N]
 PAD1 = {"strides": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1]}
-
-
-def _module(params, body):
-    """main(*params) whose dataflow block is `body(bb, *params)` (returning the output)."""
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, *params))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
-def _var(name, shape, dtype):
-    return relax.Var(name, relax.TensorType(shape, dtype))
 
 
 def _conv(x, w, **attrs):
@@ -77,9 +64,9 @@ def test_int8_conv_becomes_one_packed_kernel(family):
         corr = (shift * W.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
         return _packed_conv(bb, x, pack_weight(W, kernel), corr, kernel=kernel, shift=shift)
 
-    x = _var("x", (1, 5, 8, 8), "int8")
-    got = _apply(family, _module([x], before))
-    tvm.ir.assert_structural_equal(got, _module([x], expected))
+    x = tensor_var("x", (1, 5, 8, 8), "int8")
+    got = _apply(family, module([x], before))
+    tvm.ir.assert_structural_equal(got, module([x], expected))
     assert [gv.name_hint for gv in got.get_global_vars() if gv.name_hint != "main"] == ["qcompile_int8_conv"]
 
 
@@ -93,8 +80,8 @@ def test_uint8_input_is_shifted_down_for_a_signed_dot_product():
         corr = (-128 * W.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
         return _packed_conv(bb, x, pack_weight(W, kernel), corr, kernel=kernel, shift=-128)
 
-    x = _var("x", (1, 5, 8, 8), "uint8")
-    tvm.ir.assert_structural_equal(_apply("arm-dotprod", _module([x], before)), _module([x], expected))
+    x = tensor_var("x", (1, 5, 8, 8), "uint8")
+    tvm.ir.assert_structural_equal(_apply("arm-dotprod", module([x], before)), module([x], expected))
 
 
 def test_odd_width_layer_falls_back_from_smmla_to_sdot():
@@ -106,8 +93,8 @@ def test_odd_width_layer_falls_back_from_smmla_to_sdot():
     def expected(bb, x):
         return _packed_conv(bb, x, pack_weight(W, fallback), np.zeros(6, np.int32), kernel=fallback, shift=0)
 
-    x = _var("x", (1, 5, 7, 7), "int8")
-    tvm.ir.assert_structural_equal(_apply("arm-i8mm", _module([x], before)), _module([x], expected))
+    x = tensor_var("x", (1, 5, 7, 7), "int8")
+    tvm.ir.assert_structural_equal(_apply("arm-i8mm", module([x], before)), module([x], expected))
 
 
 def test_4bit_weights_are_stored_two_per_byte():
@@ -120,8 +107,8 @@ def test_4bit_weights_are_stored_two_per_byte():
         return _packed_conv(bb, x, pack_int4(pack_weight(W4, kernel)), np.zeros(6, np.int32), kernel=kernel, shift=0,
                             int4=True)
 
-    x = _var("x", (1, 5, 8, 8), "int8")
-    tvm.ir.assert_structural_equal(_apply("x86-avx2", _module([x], before)), _module([x], expected))
+    x = tensor_var("x", (1, 5, 8, 8), "int8")
+    tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
 
 
 def test_channels_last_conv_is_packed_from_its_ohwi_weight():
@@ -134,8 +121,8 @@ def test_channels_last_conv_is_packed_from_its_ohwi_weight():
     def expected(bb, x):
         return _packed_conv(bb, x, pack_weight(W, kernel), np.zeros(6, np.int32), kernel=kernel, shift=0, layout="NHWC")
 
-    x = _var("x", (1, 8, 8, 5), "int8")
-    tvm.ir.assert_structural_equal(_apply("x86-avx2", _module([x], before)), _module([x], expected))
+    x = tensor_var("x", (1, 8, 8, 5), "int8")
+    tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
 
 
 def test_depthwise_conv_becomes_the_depthwise_kernel():
@@ -149,8 +136,8 @@ def test_depthwise_conv_becomes_the_depthwise_kernel():
                           relax.const(pack_depthwise_weight(WD, kernel.lanes), "int8"),
                           primfunc_name_hint="qcompile_int8_depthwise")
 
-    x = _var("x", (1, 5, 8, 8), "int8")
-    tvm.ir.assert_structural_equal(_apply("x86-avx2", _module([x], before)), _module([x], expected))
+    x = tensor_var("x", (1, 5, 8, 8), "int8")
+    tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
 
 
 def test_matmul_becomes_reshape_packed_1x1_conv_reshape():
@@ -167,8 +154,8 @@ def test_matmul_becomes_reshape_packed_1x1_conv_reshape():
                           conv={"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]})
         return bb.emit(R.reshape(y4, (3, 7)))
 
-    x = _var("x", (3, 12), "int8")
-    tvm.ir.assert_structural_equal(_apply("x86-vnni", _module([x], before)), _module([x], expected))
+    x = tensor_var("x", (3, 12), "int8")
+    tvm.ir.assert_structural_equal(_apply("x86-vnni", module([x], before)), module([x], expected))
 
 
 def test_only_the_int8_layer_of_a_mixed_module_is_rewritten():
@@ -185,8 +172,8 @@ def test_only_the_int8_layer_of_a_mixed_module_is_rewritten():
         f = bb.emit(R.astype(y, "float32"))
         return bb.emit(R.nn.conv2d(f, relax.const(wf)))
 
-    x = _var("x", (1, 5, 8, 8), "int8")
-    tvm.ir.assert_structural_equal(_apply("x86-avx2", _module([x], before)), _module([x], expected))
+    x = tensor_var("x", (1, 5, 8, 8), "int8")
+    tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
 
 
 def _float_conv(bb, x):
@@ -206,11 +193,11 @@ def _large_matmul(bb, x):  # cuda leaves matmuls over 64 in every dimension to i
 
 
 @pytest.mark.parametrize("family, params, body", [
-    ("x86-avx2", [_var("x", (1, 5, 8, 8), "float32")], _float_conv),
-    ("x86-avx2", [_var("x", (1, 5, 8, 8), "int8"), _var("w", (6, 5, 3, 3), "int8")], _weight_param_conv),
-    ("x86-vnni", [_var("x", (1, 5, 8, 8), "int8")], _int8_conv_float_out),
-    ("cuda", [_var("x", (72, 96), "int8")], _large_matmul),
+    ("x86-avx2", [tensor_var("x", (1, 5, 8, 8), "float32")], _float_conv),
+    ("x86-avx2", [tensor_var("x", (1, 5, 8, 8), "int8"), tensor_var("w", (6, 5, 3, 3), "int8")], _weight_param_conv),
+    ("x86-vnni", [tensor_var("x", (1, 5, 8, 8), "int8")], _int8_conv_float_out),
+    ("cuda", [tensor_var("x", (72, 96), "int8")], _large_matmul),
 ], ids=["float-conv", "weight-not-constant", "float-out-dtype", "tensor-core-matmul"])
 def test_leaves_the_module_unchanged(family, params, body):
-    before = _module(params, body)
+    before = module(params, body)
     tvm.ir.assert_structural_equal(_apply(family, before), before)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import tvm
+from relax_builders import function
 from tvm import relax
 from tvm.relax import op as O
 from tvm.script import ir as I
@@ -11,17 +12,6 @@ from qcompile.ir import observe
 from qcompile.quantize.calibrate import tap_outputs
 
 W = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype("float32")
-
-
-def _module(body):
-    """A module whose main(x: [1, 3, 8, 8] float32) is built by `body(bb, x)` (which returns the output)."""
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
 
 
 def two_markers(bb, x):
@@ -46,11 +36,11 @@ def test_markers_become_taps_in_program_order():
                 R.output(gv)
             return gv
 
-    before = _module(two_markers)
+    before = function(two_markers)
     got, sites = tap_outputs(before)
     tvm.ir.assert_structural_equal(got, Expected)
     assert sites == ["x", "conv2d_0.out"]  # program order, matching the taps (not sorted: "c" < "x")
-    tvm.ir.assert_structural_equal(before, _module(two_markers))  # the input module is left as it was
+    tvm.ir.assert_structural_equal(before, function(two_markers))  # the input module is left as it was
 
 
 def test_observed_result_is_both_result_and_tap():
@@ -68,7 +58,7 @@ def test_observed_result_is_both_result_and_tap():
                 R.output(gv)
             return gv
 
-    got, sites = tap_outputs(_module(before))
+    got, sites = tap_outputs(function(before))
     tvm.ir.assert_structural_equal(got, Expected)
     assert sites == ["relu_0.out"]
 
@@ -87,6 +77,6 @@ def test_module_without_markers_keeps_its_bindings_and_taps_nothing():
                 R.output(gv)
             return gv
 
-    got, sites = tap_outputs(_module(before))
+    got, sites = tap_outputs(function(before))
     tvm.ir.assert_structural_equal(got, Expected)
     assert sites == []

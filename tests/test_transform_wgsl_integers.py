@@ -5,6 +5,7 @@ import functools
 import numpy as np
 import pytest
 import tvm
+from relax_builders import module, tensor_var
 from tvm import relax
 from tvm.relax import op as R
 
@@ -26,20 +27,6 @@ SHIFT = np.array([31, 33, 20, 40], np.int64).reshape(1, 4, 1, 1)
 OPAQUE = {"op_pattern": 8}  # pack4 stays a kernel of its own
 
 
-def _module(params, body):
-    """main(*params) whose dataflow block is `body(bb, *params)` (returning the output)."""
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, *params))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
-def _var(name, shape, dtype):
-    return relax.Var(name, relax.TensorType(shape, dtype))
-
-
 def _apply(mod):
     return wgsl_int_pass()(mod)
 
@@ -58,8 +45,8 @@ def test_narrow_astype_and_constants_are_held_in_int32(narrow):
         s = bb.emit(R.add(q, relax.const(c.astype("int32"))))
         return bb.emit(R.astype(s, "float32"))
 
-    x = _var("x", (1, 4, 8, 8), "float32")
-    tvm.ir.assert_structural_equal(_apply(_module([x], before)), _module([x], expected))
+    x = tensor_var("x", (1, 4, 8, 8), "float32")
+    tvm.ir.assert_structural_equal(_apply(module([x], before)), module([x], expected))
 
 
 def _requantize(bb, x, mult, shift, rounding):
@@ -80,9 +67,9 @@ def test_requantize_chain_becomes_one_mul_shift_kernel(mult, shift):
                        primfunc_name_hint="requantize")
         return bb.emit(R.astype(bb.emit(R.clip(y, -128, 127)), "int32"))
 
-    x = _var("x", (1, 4, 8, 8), "int32")
-    got = _apply(_module([x], before))
-    tvm.ir.assert_structural_equal(got, _module([x], expected))
+    x = tensor_var("x", (1, 4, 8, 8), "int32")
+    got = _apply(module([x], before))
+    tvm.ir.assert_structural_equal(got, module([x], expected))
     assert [gv.name_hint for gv in got.get_global_vars() if gv.name_hint != "main"] == ["requantize"]
 
 
@@ -97,9 +84,9 @@ def test_int8_conv_becomes_pack4_then_dot4_conv():
         conv = functools.partial(dot4_conv_te, strides=[2, 2], padding=[1, 1, 1, 1], dilation=[1, 1])
         return bb.emit_te(conv, xp, relax.const(pack_weight_words(W)), primfunc_name_hint="qcompile_dot4_conv")
 
-    x = _var("x", (1, 5, 8, 8), "float32")
-    got = _apply(_module([x], before))
-    tvm.ir.assert_structural_equal(got, _module([x], expected))
+    x = tensor_var("x", (1, 5, 8, 8), "float32")
+    got = _apply(module([x], before))
+    tvm.ir.assert_structural_equal(got, module([x], expected))
     assert sorted(gv.name_hint for gv in got.get_global_vars()) == ["main", "qcompile_dot4_conv", "qcompile_pack4"]
 
 
@@ -120,8 +107,8 @@ def test_quantized_matmul_becomes_reshape_dot4_1x1_conv_reshape():
         y4 = bb.emit_te(conv, xp, relax.const(pack_weight_words(w_oihw)), primfunc_name_hint="qcompile_dot4_conv")
         return bb.emit(R.reshape(y4, (3, 7)))
 
-    x = _var("x", (3, 12), "float32")
-    tvm.ir.assert_structural_equal(_apply(_module([x], before)), _module([x], expected))
+    x = tensor_var("x", (3, 12), "float32")
+    tvm.ir.assert_structural_equal(_apply(module([x], before)), module([x], expected))
 
 
 def _float_block(bb, x):
@@ -140,7 +127,7 @@ def _rounding_not_half_step(bb, x):  # not realize's requantize: the 64-bit chai
     ("int32", _rounding_not_half_step),
 ], ids=["float", "not-a-requantize"])
 def test_leaves_the_module_unchanged(x_dtype, body):
-    before = _module([_var("x", (1, 4, 8, 8), x_dtype)], body)
+    before = module([tensor_var("x", (1, 4, 8, 8), x_dtype)], body)
     tvm.ir.assert_structural_equal(_apply(before), before)
 
 
@@ -153,7 +140,7 @@ def test_asymmetric_uint8_activations_are_refused_before_the_pass():
     def before(bb, x):
         return bb.emit(R.astype(bb.emit(R.astype(x, "uint8")), "float32"))
 
-    module = _module([_var("x", (1, 4, 8, 8), "float32")], before)
+    asymmetric = module([tensor_var("x", (1, 4, 8, 8), "float32")], before)
     with pytest.raises(QCompileError, match="asymmetric .uint8. activations"):
-        check_symmetric(module)
-    check_symmetric(_module([_var("x", (1, 4, 8, 8), "float32")], lambda bb, x: bb.emit(R.astype(x, "int8"))))
+        check_symmetric(asymmetric)
+    check_symmetric(module([tensor_var("x", (1, 4, 8, 8), "float32")], lambda bb, x: bb.emit(R.astype(x, "int8"))))
