@@ -69,23 +69,32 @@ def compile_module(mod, spec, records=None):
 
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
-          bundle=None, quantize=None, calib=None, report=None, records=None) -> BuildResult:
+          bundle=None, quantize=None, calib=None, report=None, records=None, verify: bool = True) -> BuildResult:
     """Compile `model` for `target` into the artifact `output` (and a deploy bundle).
     `quantize`: a QuantConfig (or its fields as a dict; its `precisions` a per-layer configuration)
     to quantize with `calib` data; `report`: a JSON path for the per-layer quantization report;
-    `records`: a tuning database folder written by `tune` (the model is not tuned again)."""
+    `records`: a tuning database folder written by `tune` (the model is not tuned again);
+    `verify`: run the compiled model beside the model's own runtime first (verification.py)."""
     prepared = prepare(model, target, input_shapes, quantize, calib)
-    return build_prepared(prepared, output, bundle=bundle, report=report, records=records)
+    return build_prepared(prepared, output, bundle=bundle, report=report, records=records,
+                          verify=verify, calib=calib)
 
 
 def build_prepared(prepared: Prepared, output, *, bundle=None, report=None, records=None,
-                   on_artifact=None) -> BuildResult:
-    """The rest of a build once the module is final. `on_artifact(path, metadata)` runs after the
-    artifact is written (the mixed-precision search writes its choice there); if it or anything
-    after it fails, the artifact is removed: no partial result is left behind."""
+                   on_artifact=None, verify: bool = True, calib=None) -> BuildResult:
+    """The rest of a build once the module is final. The compiled model is verified (unless
+    `verify` is off) before anything is written: a float build that disagrees with the model's own
+    runtime is refused. `on_artifact(path, metadata)` runs after the artifact is written (the
+    mixed-precision search writes its choice there); if it or anything after it fails, the
+    artifact is removed: no partial result is left behind."""
+    from .verification import verify as verify_build
+
     backend = backend_for(prepared.spec)
     meta = build_metadata(prepared, records)
-    artifact = backend.export(compile_module(prepared.mod, prepared.spec, records), Path(output), meta)
+    compiled = compile_module(prepared.mod, prepared.spec, records)
+    meta["verification"] = (verify_build(prepared, backend, compiled, meta, calib) if verify
+                            else {"verified": False, "why": "--no-verify"})
+    artifact = backend.export(compiled, Path(output), meta)
     try:
         if on_artifact is not None:
             on_artifact(artifact, meta)

@@ -62,7 +62,7 @@ def cmd_build(args) -> None:
 
     result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle,
                    quantize=_quantize(args), calib=args.calib, report=args.report, records=args.records,
-                   mixed=_mixed(args))
+                   mixed=_mixed(args), verify=not args.no_verify)
     meta = result.metadata
     if meta.get("mixed_precision"):
         counts = {}
@@ -73,10 +73,24 @@ def cmd_build(args) -> None:
               + f"; wrote {out} (and its .md table and .png plot)")
     print(f"wrote {result.artifact} ({meta['target']}, {result.artifact.stat().st_size / 1e6:.2f} MB; "
           f"weights {meta['weight_bytes'] / 1e6:.2f} MB, float weights {meta['float_weight_bytes'] / 1e6:.2f} MB)")
+    print(verification_line(meta["verification"]))
     if args.report:
         print(f"wrote report {args.report}")
     if result.bundle:
         print(f"wrote bundle {result.bundle}/")
+
+
+def verification_line(v: dict) -> str:
+    if not v.get("verified"):
+        return f"not verified: {v.get('why')}"
+    worst = max(v["outputs"], key=lambda row: row["max_rel_error"])
+    line = (f"verified against {v['reference']} on {v['samples']} sample(s): largest difference "
+            f"{worst['max_rel_error']:.2g} of the output's magnitude ('{worst['output']}')")
+    if v["quantized"]:
+        agreement = [row["top1_agreement"] for row in v["outputs"] if "top1_agreement" in row]
+        line += (f"; quantized: SQNR {min(row['sqnr_db'] for row in v['outputs']):.1f} dB"
+                 + (f", top-1 agreement {min(agreement):.0%}" if agreement else ""))
+    return line
 
 
 def cmd_tune(args) -> None:
@@ -126,6 +140,8 @@ def cmd_inspect(args) -> None:
     print(f"target:    {meta['target']} ({meta['arch']}, {meta['kind']}, schedules: {meta['schedule_family']})")
     print(f"llvm:      {json.dumps(meta['llvm'])}")
     print(f"source:    {meta['source']} ({meta['format']}); tvm {meta['tvm_version']}")
+    if "verification" in meta:
+        print(f"verified:  {verification_line(meta['verification'])}")
     for role in ("inputs", "outputs"):
         for t in meta[role]:
             print(f"{role[:-1]:<10} {t['name']}: {t['shape']} {t['dtype']}")
@@ -159,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
     b.add_argument("--bundle", metavar="DIR", help="also write a deploy bundle (runtime libraries, runner, README)")
     b.add_argument("--records", metavar="DIR", help="tuning records from `qcompile tune` (verified kernels replace default schedules)")
+    b.add_argument("--no-verify", action="store_true",
+                   help="skip running the compiled model beside the model's own runtime before writing it")
     _quantization_args(b)
     _rpc_args(b.add_argument_group("remote measurement (--quantize mixed --objective latency)"),
               ": the mixed search's latencies on a remote board")

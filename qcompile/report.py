@@ -51,6 +51,7 @@ def write_report(path: Path, meta: dict, quant_report: dict | None, artifact: Pa
             "weight_bytes": meta["weight_bytes"], "float_weight_bytes": meta["float_weight_bytes"],
             "quantization": quant_report["config"] if quant_report else None,
             "calibration_batches": (quant_report or {}).get("calibration_batches"),
-            "layers": (quant_report or {}).get("layers") or meta["layers"], "compiled_layers": meta["layers"]}
+            "layers": (quant_report or {}).get("layers") or meta["layers"], "compiled_layers": meta["layers"],
+            "verification": meta.get("verification")}
     with atomic_file(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=2))

@@ -22,6 +22,7 @@ class Backend:
 
     kind = ""  # cpu | cuda | vulkan: the key backend_for looks the class up by
     stock = "cpu_generic"
+    suffix = ".so"  # of its artifacts
     tunable = False  # MetaSchedule can tune its kernels
     times_models = False  # its Device times whole compiled models (the latency objective)
     # Kernel verification compares a tuned kernel with the unscheduled one (it runs as it is), or,
@@ -114,6 +115,24 @@ class Backend:
     def run(self, path, arrays: list[np.ndarray], metadata: dict, repeat: int, bundle=None):
         """(outputs, median latency in ms or None, how it ran)."""
         raise NotImplementedError
+
+    def runs_here(self) -> str | None:
+        """None where its artifacts run on this machine (natively, emulated, or on a device here), else why not."""
+        return f"{self.kind} artifacts do not run on this machine"
+
+    def run_compiled(self, compiled, arrays: list[np.ndarray], metadata: dict):
+        """(outputs, None) of a compiled module on `arrays`, or (None, why it cannot run here): the
+        artifact is exported to a temporary folder and run as a user would run it (an executable
+        run in memory first prints TVM warnings when exported after)."""
+        import tempfile
+        from pathlib import Path
+
+        why = self.runs_here()
+        if why is not None:
+            return None, why
+        with tempfile.TemporaryDirectory(prefix="qcompile-verify-") as folder:
+            path = self.export(compiled, Path(folder) / f"model{self.suffix}", metadata)
+            return self.run(path, arrays, metadata, 0)[0], None
 
     def device(self, rpc=None, target=None) -> "Device":
         """Where kernels and models are measured: this machine, or a device at an RPC tracker."""

@@ -13,7 +13,7 @@ from .search import search
 
 
 def build_mixed(model, target: str = "host", output="model.so", *, input_shapes=None, bundle=None, quantize=None,
-                calib=None, report=None, records=None, config_out=None, **options) -> BuildResult:
+                calib=None, report=None, records=None, config_out=None, verify: bool = True, **options) -> BuildResult:
     """The search (keyword arguments of search), then the build of its choice; the choice is
     written as JSON to `config_out` (default: beside the artifact, .precision.json)."""
     prepared = prepare(model, target, input_shapes, None, calib)
@@ -24,7 +24,8 @@ def build_mixed(model, target: str = "host", output="model.so", *, input_shapes=
         write_mixed(result, Path(config_out) if config_out else artifact.with_suffix(".precision.json"))
         meta["mixed_precision"] = result.precisions
 
-    return build_prepared(prepared, output, bundle=bundle, report=report, records=records, on_artifact=write_choice)
+    return build_prepared(prepared, output, bundle=bundle, report=report, records=records, on_artifact=write_choice,
+                          verify=verify, calib=calib)
 
 
 __all__ = ["OBJECTIVES", "MixedResult", "build_mixed", "read_precision_config", "search"]

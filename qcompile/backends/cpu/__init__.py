@@ -44,24 +44,32 @@ class CPUBackend(Backend):
 
         return write_bundle(self.spec, Path(artifact), Path(bundle), metadata)
 
-    def run(self, path, arrays, metadata: dict, repeat: int, bundle=None):
-        from .run import run_emulated, run_native
-
+    def runs_here(self) -> str | None:
         spec = self.spec
         if spec.toolchain.get("libc") == "bionic":
-            raise QCompileError(f"{path}: '{spec.name}' artifacts run on Android devices only (copy the bundle there)")
+            return f"'{spec.name}' artifacts run on Android devices only (copy the bundle there)"
         host = detect_host()
         if spec.arch == host["arch"]:
             have = set(host["llvm"].get("mattr", []))
             lacking = [f for f in spec.llvm.get("mattr", []) if f.startswith("+") and f not in have]
-            if lacking:
-                raise QCompileError(f"{path}: built for '{spec.name}', which needs CPU features this machine lacks: "
-                                    f"{', '.join(lacking)}")
-            return (*run_native(Path(path), arrays, repeat), "native")
+            return (f"built for '{spec.name}', which needs CPU features this machine lacks: {', '.join(lacking)}"
+                    if lacking else None)
         if spec.runtime.get("emulator"):
-            return (*run_emulated(Path(path), arrays, spec, repeat, bundle), f"emulated ({spec.runtime['emulator'][0]})")
-        raise QCompileError(f"{path}: a {spec.arch} artifact cannot run on this {host['arch']} machine and its "
-                            "target has no emulator")
+            return None
+        return f"a {spec.arch} artifact cannot run on this {host['arch']} machine and its target has no emulator"
+
+    def _native(self) -> bool:
+        return self.spec.arch == detect_host()["arch"]
+
+    def run(self, path, arrays, metadata: dict, repeat: int, bundle=None):
+        from .run import run_emulated, run_native
+
+        why = self.runs_here()
+        if why is not None:
+            raise QCompileError(f"{path}: {why}")
+        if self._native():
+            return (*run_native(Path(path), arrays, repeat), "native")
+        return (*run_emulated(Path(path), arrays, self.spec, repeat, bundle), f"emulated ({self.spec.runtime['emulator'][0]})")
 
     def device(self, rpc=None, target=None):
         from .devices import LocalDevice, RemoteDevice

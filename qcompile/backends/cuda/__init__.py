@@ -41,5 +41,8 @@ class CUDABackend(Backend):
 
         return write_bundle(self.spec, Path(artifact), Path(bundle), metadata)
 
+    def runs_here(self) -> str | None:
+        return "a CUDA artifact runs only on a machine with an NVIDIA GPU and its driver"
+
     def run(self, path, arrays, metadata: dict, repeat: int, bundle=None):
-        raise QCompileError(f"{path}: a CUDA artifact runs only on a machine with an NVIDIA GPU and its driver")
+        raise QCompileError(f"{path}: {self.runs_here()}")

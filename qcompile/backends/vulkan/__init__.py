@@ -28,6 +28,7 @@ Outputs: {output_names}.
 
 class VulkanBackend(Backend):
     kind = "vulkan"
+    suffix = ".vkz"
     tunable = True
     verify_against_unscheduled = False  # an unscheduled GPU kernel has no threads to launch
 
@@ -82,6 +83,20 @@ class VulkanBackend(Backend):
                 inputs=", ".join(f'"{t["name"]}": x{i}' for i, t in enumerate(metadata["inputs"])),
                 output_names=", ".join(f"`{t['name']}`" for t in metadata["outputs"])))
         return Path(bundle)
+
+    def runs_here(self) -> str | None:
+        try:
+            import wgpu
+        except ImportError:
+            return "running a Vulkan artifact needs wgpu (pip install 'qcompile[vulkan]')"
+        try:
+            adapter = wgpu.gpu.request_adapter_sync()
+        except RuntimeError as err:
+            adapter, why = None, str(err)
+        else:
+            why = "no adapter"
+        return None if adapter is not None else (f"no Vulkan device found ({why}); install a Vulkan driver "
+                                                 "(Debian: mesa-vulkan-drivers)")
 
     def run(self, path, arrays, metadata: dict, repeat: int, bundle=None):
         from .runtime import VulkanModel

@@ -1,0 +1,112 @@
+"""Verify a build before it is handed over: the compiled model runs on sample inputs beside the
+model's own reference runtime (onnxruntime for ONNX, the TFLite interpreter for TFLite, torch for
+.pt2). A float build must match it; a quantized build's agreement with it is measured and recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import QCompileError
+
+FLOAT_TOLERANCE = 1e-3  # max |difference| relative to the reference output's largest magnitude (at least 1)
+
+
+def sample_inputs(imported, calib=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """The first calibration batch, else seeded inputs: standard normal floats, small integers."""
+    if calib is not None:
+        from .quantize.calib_data import load_calibration
+
+        return {k: np.ascontiguousarray(v) for k, v in load_calibration(calib, imported.inputs)[0].items()}
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for t in imported.inputs:
+        if np.dtype(t.dtype).kind == "f":
+            arrays[t.name] = rng.standard_normal(t.shape).astype(t.dtype)
+        elif t.dtype == "bool":
+            arrays[t.name] = rng.integers(0, 2, t.shape).astype(bool)
+        else:
+            arrays[t.name] = rng.integers(0, 2, t.shape).astype(t.dtype)
+    return arrays
+
+
+def reference_outputs(imported, inputs: dict[str, np.ndarray]) -> tuple[str, list[np.ndarray]] | tuple[str, None]:
+    """(runtime name, its outputs in the model's order), or (why there is none, None)."""
+    source = Path(imported.source)
+    if imported.format == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        return "onnxruntime", session.run(None, inputs)
+    if imported.format == "tflite":
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            return "no TFLite interpreter here (pip install 'qcompile[tflite]')", None
+        interpreter = Interpreter(model_path=str(source))
+        interpreter.allocate_tensors()
+        details = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+        for name, array in inputs.items():
+            interpreter.set_tensor(details[name], array)
+        interpreter.invoke()
+        return "TFLite interpreter", [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+    if imported.format == "torch.export":
+        import torch
+
+        from .frontends.pt2_safe import load_program
+
+        with torch.no_grad():
+            out = load_program(source).module()(*[torch.from_numpy(inputs[t.name]) for t in imported.inputs])
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return "torch", [o.detach().numpy() for o in outs]
+    return f"no reference runtime for {imported.format}", None
+
+
+def _sqnr_db(got: np.ndarray, ref: np.ndarray) -> float:
+    noise = float(np.sum((got.astype(np.float64) - ref) ** 2))
+    signal = float(np.sum(ref.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+def compare(imported, got: list[np.ndarray], ref: list[np.ndarray], quantized: bool, runtime: str) -> dict:
+    """Per output: max |difference| relative to the reference's magnitude, SQNR, top-1 agreement.
+    A float build beyond FLOAT_TOLERANCE raises, naming the first output that diverges."""
+    rows = []
+    for info, a, b in zip(imported.outputs, got, ref):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise QCompileError(f"verification: output '{info.name}' has shape {list(a.shape)}, {runtime} gives "
+                                f"{list(b.shape)}")
+        b64 = b.astype(np.float64)
+        rel = float(np.abs(a.astype(np.float64) - b64).max() / max(1.0, np.abs(b64).max())) if a.size else 0.0
+        row = {"output": info.name, "max_rel_error": rel, "sqnr_db": _sqnr_db(a, b64)}
+        if a.ndim >= 2 and a.shape[-1] > 1:
+            row["top1_agreement"] = float(np.mean(a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1)))
+        if not np.isfinite(a).all():
+            raise QCompileError(f"verification: output '{info.name}' holds NaN or infinity where {runtime} does not")
+        if not quantized and rel > FLOAT_TOLERANCE:
+            raise QCompileError(f"verification: output '{info.name}' differs from {runtime} by {rel:.3g} of its "
+                                f"magnitude (tolerance {FLOAT_TOLERANCE}); the build is refused (--no-verify "
+                                "skips this check)")
+        rows.append(row)
+    return {"reference": runtime, "outputs": rows}
+
+
+def verify(prepared, backend, compiled, metadata: dict, calib=None) -> dict:
+    """What was verified, for the artifact's metadata and the report: the compiled model beside the
+    reference runtime on sample inputs, or why it could not run here."""
+    imported = prepared.imported
+    inputs = sample_inputs(imported, calib)
+    quantized = prepared.quant_report is not None
+    runtime, ref = reference_outputs(imported, inputs)
+    if ref is None:
+        return {"verified": False, "why": runtime}
+    arrays = [inputs[t.name] for t in imported.inputs]
+    got, why = backend.run_compiled(compiled, arrays, metadata)
+    if got is None:
+        return {"verified": False, "why": why}
+    return {"verified": True, "quantized": quantized, "samples": int(len(arrays[0])) if arrays and arrays[0].ndim else 1,
+            **compare(imported, got, ref, quantized, runtime)}
