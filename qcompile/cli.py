@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from .errors import Interrupted, QCompileError
@@ -275,12 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Interrupted as err:
+        # a second interrupt, pending from TVM's callbacks, would otherwise end the exit by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"qcompile: interrupted; {err}", file=sys.stderr)
         return 130
     except QCompileError as err:
         print(f"qcompile: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("qcompile: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -2,12 +2,15 @@
 traceback, nothing printed after it, and nothing left behind (no file in the test's folder, no
 entry in a fresh TMPDIR)."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,19 +20,39 @@ import pytest
 from onnx_models import small_cnn
 
 
+def _in_process(args, tmpdir) -> tuple[int, str, str]:
+    """`qcompile ARGS` run by the CLI's main in this process (TVM is imported once for the whole
+    file, not once per case), with the temporary folder `tmpdir`."""
+    from qcompile.cli import main
+
+    out, err, previous = io.StringIO(), io.StringIO(), tempfile.tempdir
+    tempfile.tempdir = str(tmpdir)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        tempfile.tempdir = previous
+    return code, out.getvalue(), err.getvalue()
+
+
 def refused(tmp_path, *args, fragments=(), wrap=()):
-    """Run `qcompile ARGS` with TMPDIR a fresh folder and check the one-line refusal naming `fragments`."""
+    """Run `qcompile ARGS` with a fresh temporary folder and check the one-line refusal naming
+    `fragments` (`wrap`: a command to run it under, in a process of its own)."""
     before = set(tmp_path.rglob("*"))
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
-    proc = subprocess.run([*wrap, sys.executable, "-m", "qcompile.cli", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, "TMPDIR": str(tmpdir)})
-    everything = proc.stdout + proc.stderr
-    assert proc.returncode == 2, everything
+    if wrap:
+        proc = subprocess.run([*wrap, sys.executable, "-m", "qcompile.cli", *map(str, args)], capture_output=True,
+                              text=True, env={**os.environ, "TMPDIR": str(tmpdir)})
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+        code, stdout, stderr = _in_process(args, tmpdir)
+    everything = stdout + stderr
+    assert code == 2, everything
     assert "Traceback" not in everything
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("qcompile: error: "), everything
-    assert proc.stderr.rstrip("\n").endswith(lines[-1]) and not proc.stdout, everything  # nothing after it
+    assert stderr.rstrip("\n").endswith(lines[-1]) and not stdout, everything  # nothing after it
     for fragment in fragments:
         assert str(fragment) in lines[-1], lines[-1]
     assert not list(tmpdir.iterdir())

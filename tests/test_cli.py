@@ -1,7 +1,9 @@
 """The CLI as a user meets it: one-line errors with exit code 2, no traceback, no artifact."""
 
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import onnx
@@ -11,7 +13,37 @@ from onnx_models import with_unsupported_ops
 
 
 def qc(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "qcompile.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    """`qcompile ARGS` as a user runs it, in this process (TVM is imported once for the suite, not
+    once per call): stdout and stderr are captured at the file descriptors, so what TVM's C++ code
+    prints counts too. Returns what subprocess.run would."""
+    from qcompile.cli import main
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved, streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+        here = os.getcwd()
+        try:
+            os.chdir(cwd or here)
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code if isinstance(exit_.code, int) else 2
+        finally:
+            os.chdir(here)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["qcompile", *map(str, args)], code, out.read().decode(), err.read().decode())
 
 
 def assert_one_line_error(proc, *fragments):

