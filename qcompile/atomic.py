@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -11,7 +13,45 @@ from .errors import QCompileError
 
 
 def _tmp_name(path: Path) -> Path:
+    _remove_stale(path.parent, re.compile(rf"^\.{re.escape(path.name)}\.tmp(\d+)$"))
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale(folder: Path, pattern: re.Pattern) -> None:
+    """Remove what a killed qcompile process (kill -9, a crash) left in `folder`: the entries whose
+    name matches `pattern` with a process id (its first group) that no longer runs."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            with suppress(OSError):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+_swept = False
+
+
+def fresh_dir(prefix: str) -> Path:
+    """A new folder qcompile-PREFIX-PID-XXXX in the temporary directory. The first call of a process
+    removes the ones that processes no longer running left behind."""
+    global _swept
+    if not _swept:
+        _swept = True
+        _remove_stale(Path(tempfile.gettempdir()), re.compile(r"^qcompile-[a-z0-9-]+?-(\d+)-[^-]+$"))
+    return Path(tempfile.mkdtemp(prefix=f"qcompile-{prefix}-{os.getpid()}-"))
 
 
 def check_writable(path, folder: bool = False) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from .errors import QCompileError
@@ -49,6 +48,3 @@ def run_checked(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProc
         raise QCompileError(f"{what}: '{Path(cmd[0]).name}' failed: {err[-1] if err else proc.returncode}")
     return proc
 
-
-def fresh_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"qcompile-{prefix}-"))

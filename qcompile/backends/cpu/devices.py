@@ -8,9 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ...atomic import fresh_dir
 from ...errors import QCompileError, last_line
 from ...targets import TargetSpec
-from ...toolchain import compiler, fresh_dir, link_options
+from ...toolchain import compiler, link_options
 from ..base import Device, time_us
 from .rpc import RPC, connect_within, create_session
 
@@ -33,7 +34,8 @@ def export_kernel(spec_json: dict, folder: str | None, mod) -> str:
     spec = TargetSpec.from_json(spec_json)
     work = fresh_dir("tune")
     try:
-        path = str(Path(tempfile.mkdtemp(prefix="qcompile-tune-", dir=folder)) / "kernel.so")
+        kernel_dir = Path(tempfile.mkdtemp(prefix="qcompile-tune-", dir=folder)) if folder else fresh_dir("kernel")
+        path = str(kernel_dir / "kernel.so")
         mod.export_library(path, fcompile=tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -51,7 +53,7 @@ class _CPUDevice(Device):
         from tvm.s_tir import meta_schedule as ms
 
         if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="qcompile-tune-"))
+            self.workdir = fresh_dir("tune")
         return ms.builder.LocalBuilder(f_build=build_kernel, max_workers=1, timeout_sec=120,
                                        f_export=functools.partial(export_kernel, self.spec.to_json(), str(self.workdir)))
 

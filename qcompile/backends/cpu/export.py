@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from ...artifact import CHECKSUM, metadata_source, seal_library
-from ...atomic import atomic_dir, atomic_file
+from ...atomic import atomic_dir, atomic_file, fresh_dir
 from ...targets import TargetSpec
-from ...toolchain import compiler, fresh_dir, link_options
+from ...toolchain import compiler, link_options
 from .runtime import runtime_dir
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...atomic import fresh_dir
 from ...errors import QCompileError
-from ...toolchain import emulator, fresh_dir
+from ...toolchain import emulator
 from ..base import median_ms
 from .runtime import runtime_dir
 
@@ -24,13 +25,12 @@ def load_library(path):
     import atexit
     import hashlib
     import os
-    import tempfile
 
     import tvm
 
     global _LOADED
     if _LOADED is None:
-        _LOADED = Path(tempfile.mkdtemp(prefix="qcompile-loaded-"))
+        _LOADED = fresh_dir("loaded")
         atexit.register(shutil.rmtree, _LOADED, True)
     data = Path(path).read_bytes()
     copy = _LOADED / f"{hashlib.sha256(data).hexdigest()[:32]}.so"

@@ -13,6 +13,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 
+from ...atomic import fresh_dir
 from ...errors import last_line
 from ..base import Device, param_types, random_arrays
 from .runtime import FORMAT, VulkanModel, open_device
@@ -50,7 +51,7 @@ class WGSLBuilder(PyBuilder):
     def build(self, build_inputs):
         results = []
         for item in build_inputs:
-            path = Path(tempfile.mkdtemp(prefix="qcompile-wgsl-tune-")) / "kernel.vkz"
+            path = fresh_dir("wgsl-tune") / "kernel.vkz"
             try:
                 artifact = kernel_artifact(item.mod["main"], self.target, path, MAX_WGSL_BYTES)
                 results.append(BuilderResult(str(artifact), None))
