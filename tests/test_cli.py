@@ -118,3 +118,14 @@ def test_demo_builds_runs_and_compares(tmp_path):
            if line.startswith(("float ", "int8 ")) and line.split()[1].endswith("%")}
     assert acc["float"] > 85 and abs(acc["float"] - acc["int8"]) <= 1.0, acc
     assert "int8 on rpi5 (qemu) vs host" in proc.stdout and "same classes: True" in proc.stdout
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_not_a_traceback(tmp_path, small_cnn_path):
+    """`qcompile inspect m.so | head -1`: the reader closes the pipe after one line."""
+    assert qc("build", small_cnn_path, "--input-shape", "x:1,1,8,8", "-o", tmp_path / "m.so").returncode == 0
+    inspect = subprocess.Popen([sys.executable, "-m", "qcompile.cli", "inspect", str(tmp_path / "m.so")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    inspect.stdout.close()  # the reader is gone before the first line is written (head after its lines)
+    err = inspect.stderr.read().decode()
+    assert inspect.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
