@@ -158,18 +158,11 @@ def note_model(folder, source, keys) -> None:
 
 
 def _kernel_keys(mod, spec) -> set:
-    """The workload keys of the fused kernels a build of `mod` compiles (as tuning/tasks.py extracts them)."""
-    import tvm
-    from tvm import tirx
-
+    """The workload keys of the fused kernels a build of `mod` compiles (the kernels tuning tunes)."""
     from .backends import backend_for
 
     backend = backend_for(spec)
-    target = backend.tvm_target()
-    with target:
-        fused = tvm.transform.Sequential(backend.fused_module_passes(target))(mod)
-    return {workload_key(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
-            for _, func in fused.functions_items() if isinstance(func, tirx.PrimFunc)}
+    return {workload_key(kernel) for _, kernel in backend.fused_kernels(mod, backend.tvm_target())}
 
 
 def check_model(folder, spec, mod, workloads) -> None:

@@ -79,6 +79,18 @@ class Backend:
         apply_records = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if tuned else []
         return self.fused_module_passes(target) + apply_records + self.schedule_passes(target)
 
+    def fused_kernels(self, mod, target) -> list[tuple[str, object]]:
+        """(name, one-kernel IRModule) of each fused kernel of `mod` not already scheduled, in program
+        order: what tuning tunes and what its records are matched against."""
+        import tvm
+        from tvm import tirx
+
+        with target:
+            fused = tvm.transform.Sequential(self.fused_module_passes(target))(mod)
+        return [(gv.name_hint, tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+                for gv, func in fused.functions_items()
+                if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", False))]
+
     def default_schedule(self, task_mod, target):
         """One extracted kernel under the default schedules (the reference a tuned kernel must beat)."""
         import tvm

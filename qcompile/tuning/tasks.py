@@ -29,18 +29,10 @@ def without_stock_intrinsics():
 
 def extract_tasks(mod, backend, target) -> list[tuple[str, object]]:
     """(name, IRModule) of each fused kernel not already scheduled, in program order, deduplicated."""
-    import tvm
-    from tvm import tirx
-
-    with target:
-        fused = tvm.transform.Sequential(backend.fused_module_passes(target))(mod)
     tasks, seen = [], set()
-    for gv, func in fused.functions_items():
-        if not isinstance(func, tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled", False):
-            continue
-        task_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    for name, task_mod in backend.fused_kernels(mod, target):
         key = workload_key(task_mod)
         if key not in seen:
             seen.add(key)
-            tasks.append((gv.name_hint, task_mod))
+            tasks.append((name, task_mod))
     return tasks
