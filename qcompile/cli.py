@@ -296,5 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The `qcompile` command. After an interrupt it leaves at once: TVM can deliver the interrupt
+    again from its own threads, and one arriving while the interpreter finalizes (SIGINT's default
+    handling restored) ended the process by SIGINT instead of exit code 130."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
