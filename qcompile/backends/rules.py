@@ -51,3 +51,20 @@ def loop_work(sch, block) -> int:
 def parallel_if_worth_it(sch, loop, work: int) -> None:
     if work >= PARALLEL_MIN_WORK:
         sch.parallel(loop)
+
+
+def reverse_compute_at_covering(sch, block, loop, **kwargs) -> bool:
+    """`sch.reverse_compute_at(block, loop)` only where the moved block still computes every
+    element it did: TVM bounds the moved block by the region the loop's producer writes, so an
+    epilogue that covers more than that (a channel padding after a pooling, fused into one kernel)
+    silently lost its extra elements. Returns whether the block was moved."""
+    before = loop_work(sch, block)
+    trial = sch.copy()
+    try:
+        trial.reverse_compute_at(block, loop, **kwargs)
+    except Exception:  # noqa: BLE001 - TVM refuses the move: the block stays where it is
+        return False
+    if loop_work(trial, block) < before:
+        return False
+    sch.reverse_compute_at(block, loop, **kwargs)
+    return True

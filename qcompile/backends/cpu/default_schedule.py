@@ -11,7 +11,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it
+from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it, reverse_compute_at_covering
 
 INNER_MAX = 64  # elements of the innermost loop kept together (LLVM vectorizes and unrolls them)
 def _vars_in(expr) -> set:
@@ -110,8 +110,10 @@ class CPUDefault(TargetRule):
             acc = sch.cache_write(block, 0, "local")
             sch.reverse_compute_at(acc, fused)
             sch.decompose_reduction(block, reduce[0])
-        if tail is not None:
-            sch.reverse_compute_at(tail, fused)
+        if tail is not None and not reverse_compute_at_covering(sch, tail, fused):
+            tail_loops = sch.get_loops(tail)
+            if tail_loops:
+                parallel_if_worth_it(sch, tail_loops[0], loop_work(sch, tail))
         for info in infos[:main_index]:  # producers: parallel over their outer loop
             producer_loops = sch.get_loops(info.block_rv)
             if producer_loops:

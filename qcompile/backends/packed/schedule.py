@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from ..families import Int8Kernel
-from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it
+from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it, reverse_compute_at_covering
 from .intrinsics import register
 from .pack import RULE
 
@@ -89,11 +89,9 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
         _parallel_outer(sch, block)
     last = blocks[-1]
     oco = schedule_dot(sch, dot, kernel, tile)
-    if last != dot:
-        try:
-            sch.reverse_compute_at(last, oco, preserve_unit_loops=True)
-        except Exception:  # noqa: BLE001 - an epilogue whose region the tile cannot bound runs after it
-            _parallel_outer(sch, last)
+    # An epilogue whose region the tile cannot bound, or that covers more than it, runs after it.
+    if last != dot and not reverse_compute_at_covering(sch, last, oco, preserve_unit_loops=True):
+        _parallel_outer(sch, last)
     return sch
 
 
