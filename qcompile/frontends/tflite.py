@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import QCompileError, last_line
 from .common import ImportedModel, TensorInfo, check_input_names, output_infos, raise_unsupported, resolve_shape
 
@@ -12,6 +14,27 @@ COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CON
 
 def _tensor_name(subgraph, index: int) -> str:
     return subgraph.Tensors(index).Name().decode()
+
+
+def _converter_class():
+    """TVM's TFLite converter with the fixes real models needed."""
+    from tflite.TensorType import TensorType
+    from tvm import relax
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
+
+    class Converter(OperatorConverter):
+        def convert_dequantize(self, op):
+            # fp16 weights stored sparse (mediapipe's pose detector) reach DEQUANTIZE through a
+            # DENSIFY whose dense result TVM keeps aside ("prefetched"); TVM reads the empty
+            # buffer of the sparse tensor instead and fails.
+            (tensor,) = self.get_input_tensors(op)
+            if tensor.tensor.Type() == TensorType.FLOAT16 and self.is_prefetched(tensor.tensor_idx):
+                value = np.asarray(self.get_prefetched_node(tensor.tensor_idx), np.float16)
+                return relax.op.astype(self.exp_tab.new_const(value, dtype="float16",
+                                                              source_name=tensor.tensor.Name()), "float32")
+            return super().convert_dequantize(op)
+
+    return Converter
 
 
 def load_tflite(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
@@ -45,7 +68,8 @@ def load_tflite(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel
     inputs = [TensorInfo(name, resolve_shape(str(path), name, [int(d) for d in dims], input_shapes), dtype)
               for name, dims, dtype in raw_inputs]
     try:
-        mod = from_tflite(model, shape_dict={t.name: t.shape for t in inputs}, dtype_dict={t.name: t.dtype for t in inputs})
+        mod = from_tflite(model, shape_dict={t.name: t.shape for t in inputs}, dtype_dict={t.name: t.dtype for t in inputs},
+                          op_converter=_converter_class())
     except Exception as err:  # noqa: BLE001
         raise QCompileError(f"{path}: TFLite import failed: {last_line(err)}") from None
     # Weights are already constants in the body; the "params" copy would only bloat the artifact.
