@@ -91,3 +91,62 @@ def test_dynamic_non_batch_dim_needs_a_shape(tmp_path):
     with pytest.raises(QCompileError, match=r"dynamic dimension at axis 2; give its shape with --input-shape x:N,1,N,8"):
         load_model(path)
     assert load_model(path, {"x": [1, 1, 8, 8]}).inputs[0].shape == (1, 1, 8, 8)
+
+
+def _shape_arithmetic_model(declared_out) -> onnx.ModelProto:
+    """x[N, 3, 4, 4] -> Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])) * 2, as exporters
+    write a flatten with a dynamic batch; the output's declared shape is `declared_out`."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Shape", ["x"], ["shape"]),
+        h.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        h.make_node("Unsqueeze", ["batch", "axes0"], ["batch1"]),
+        h.make_node("Concat", ["batch1", "minus1"], ["new_shape"], axis=0),
+        h.make_node("Reshape", ["x", "new_shape"], ["flat"]),
+        h.make_node("Mul", ["flat", "two"], ["y"]),
+    ]
+    inits = [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             onnx.numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+             onnx.numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+             onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 4, 4])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, declared_out)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("declared_out", [["N", 48], [1, "stale"]])
+def test_shape_arithmetic_in_the_graph_is_folded_and_declared_shapes_are_not_trusted(tmp_path, declared_out):
+    """TVM's importer needs a Reshape's shape as data; the graph computes it from Shape(x). A
+    stale declared output shape ([1, 'stale'] for [2, 48]) must not be folded into the result."""
+    path = tmp_path / "flatten.onnx"
+    onnx.save(_shape_arithmetic_model(declared_out), path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    result = qcompile.build(path, "host", tmp_path / "m.so", input_shapes={"x": [2, 3, 4, 4]})
+    assert result.metadata["verification"]["verified"]
+    got = qcompile.run(result.artifact, {"x": x}).outputs["y"]
+    np.testing.assert_allclose(got, reference(path, {"x": x})[0], rtol=1e-6)
+
+
+def test_a_recurrent_model_imports_builds_and_matches_onnxruntime(tmp_path):
+    """LSTM (no TVM converter) is unrolled over its static sequence; its state is a graph input."""
+    h = onnx.helper
+    rng = np.random.default_rng(0)
+    hidden, feat = 6, 5
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((2, 4 * hidden, feat)).astype(np.float32), "W"),
+             onnx.numpy_helper.from_array(rng.standard_normal((2, 4 * hidden, hidden)).astype(np.float32), "R"),
+             onnx.numpy_helper.from_array(rng.standard_normal((2, 8 * hidden)).astype(np.float32), "B")]
+    node = h.make_node("LSTM", ["x", "W", "R", "B", "", "h0"], ["y", "y_h"], hidden_size=hidden,
+                       direction="bidirectional", name="lstm")
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["T", 1, feat]),
+                                       h.make_tensor_value_info("h0", onnx.TensorProto.FLOAT, [2, 1, hidden])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+                          h.make_tensor_value_info("y_h", onnx.TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "lstm.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]), path)
+    feeds = {"x": rng.standard_normal((7, 1, feat)).astype(np.float32),
+             "h0": rng.standard_normal((2, 1, hidden)).astype(np.float32)}
+    result = qcompile.build(path, "host", tmp_path / "m.so", input_shapes={"x": [7, 1, feat]})
+    assert result.metadata["verification"]["verified"]
+    got = qcompile.run(result.artifact, feeds).outputs
+    for name, ref in zip(("y", "y_h"), reference(path, feeds)):
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5)

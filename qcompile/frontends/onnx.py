@@ -12,6 +12,8 @@ from pathlib import Path
 
 from ..errors import QCompileError, last_line
 from .common import ImportedModel, TensorInfo, check_input_names, output_infos, raise_unsupported, resolve_shape
+from .onnx_recurrent import GATES as RECURRENT
+from .onnx_recurrent import unroll_recurrent
 
 COMPUTE_NODES = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
@@ -98,7 +100,7 @@ def unsupported_nodes(model):
     """(op, node name) for every node TVM's ONNX frontend cannot convert."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    supported = set(_get_convert_map()) | {"Constant", "If"}
+    supported = set(_get_convert_map()) | {"Constant", "If"} | set(RECURRENT)
     for i, node in enumerate(model.graph.node):
         standard = node.domain in ("", "ai.onnx")
         if node.op_type not in supported or not standard:
@@ -188,6 +190,39 @@ def fuse_pad_into_conv(model):
     return model
 
 
+def fix_input_shapes(model, inputs) -> None:
+    """The resolved static shapes written into the graph's inputs, for the simplifier to fold with."""
+    shapes = {t.name: t.shape for t in inputs}
+    for vi in model.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes[vi.name]:
+                dims.add().dim_value = int(d)
+
+
+def simplify(model):
+    """The graph with its shape arithmetic (Shape -> Gather -> Concat -> Reshape, ConstantOfShape,
+    Range...) folded to constants now that the input shapes are static, as TVM's importer needs:
+    onnxslim's constant folding and shape inference (measured against onnxsim on the zoo, see
+    benchmarks/results/zoo.md). A model onnxslim cannot take goes on as it is."""
+    import onnxslim
+
+    # The shapes a model declares for its outputs and intermediates are claims, often stale or
+    # placeholders ([1, 'seqlen'] on an output that is [32, 1, 8210]); onnxslim folds a Reshape to
+    # a declared shape (ddddocr came out [1, 262720]), so only the input shapes are kept.
+    for vi in model.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            slim = onnxslim.slim(model)
+    except Exception:  # noqa: BLE001 - the simplifier is an improvement, never a new failure
+        return model
+    return slim if slim is not None else model
+
+
 def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
@@ -196,7 +231,6 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
     check_opset(path, model)
     raise_unsupported(str(path), unsupported_nodes(model))
     check_graph(path, model)
-    model = fuse_pad_into_conv(fold_constant_nodes(model))
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in initializers]
     check_input_names(str(path), [vi.name for vi in graph_inputs], input_shapes)
@@ -206,6 +240,11 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in ttype.shape.dim]
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type))
         inputs.append(TensorInfo(vi.name, resolve_shape(str(path), vi.name, dims, input_shapes), dtype))
+    output_names = [o.name for o in model.graph.output]
+    fix_input_shapes(model, inputs)
+    model = simplify(model)
+    model = unroll_recurrent(model, str(path))
+    model = fuse_pad_into_conv(fold_constant_nodes(model))
     printed, failure = io.StringIO(), None
     try:  # TVM's importer prints the op it failed on (captured for our one line) and warns onnx.checker's verdict
         with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
@@ -225,6 +264,6 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
         # unfinished blocks printed) now, before the error line rather than after it.
         gc.collect()
         raise QCompileError(f"{path}: {failure}")
-    outputs = output_infos(mod, [o.name for o in model.graph.output])
+    outputs = output_infos(mod, output_names)
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node) if n.op_type in COMPUTE_NODES]
     return ImportedModel(mod, inputs, outputs, str(path), "onnx", layer_names)
