@@ -129,3 +129,18 @@ def test_bad_calibration_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(QCompileError, match="holds no .npy files"):
         load_calibration(tmp_path / "empty", INPUTS)
+
+
+def test_observer_leaves_infinities_out_and_keeps_the_mean_batch_in_its_shape():
+    from qcompile.quantize.ranges import HistogramObserver, estimate_range
+
+    obs = HistogramObserver()
+    a = np.array([[[-np.inf, 1.0], [2.0, np.nan]]], dtype=np.float32)
+    b = np.array([[[3.0, -1.0], [0.5, 4.0]]], dtype=np.float32)
+    obs.update(a)
+    obs.update(b)
+    assert (obs.min, obs.max) == (-1.0, 4.0)
+    assert obs.mean_batch.shape == (1, 2, 2)
+    assert obs.mean_batch[0, 1, 0] == 1.25
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        assert 0 < estimate_range(obs, method)[1] <= 4.0

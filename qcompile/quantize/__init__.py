@@ -127,7 +127,7 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     annotated = annotate(mod, planned=p)
     observers = collect(annotated, batches, [t.name for t in inputs], engine, config.progress)
     qparams = choose_qparams(observers, config.method, config.percentile, config.symmetric)
-    means = {site: obs.mean_sample for site, obs in observers.items()} if config.bias_correction else None
+    means = {site: obs.mean_batch for site, obs in observers.items()} if config.bias_correction else None
     compute_var = {n.name: str(n.members[0].name) for n in p.nodes if n.kind == "compute"}
     int4 = {compute_var[n]: 4 for n, prec in config.precisions.items() if prec == "int4" and n in compute_var}
     half = {compute_var[n] for n, prec in config.precisions.items() if prec == "fp16" and n in compute_var}

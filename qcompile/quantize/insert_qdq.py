@@ -45,10 +45,10 @@ def dequantized_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int
 
 def output_shift(op: str, value, delta_w: np.ndarray, mean_input: np.ndarray) -> np.ndarray | None:
     """E[op(x, W_q)] - E[op(x, W)] = op(E[x], W_q - W), per output channel, shaped to add to the
-    op's output; E[x] is the calibration data's mean input. None where it does not apply."""
-    if op == "nn.conv2d" and mean_input.ndim == 3 and value.attrs.data_layout == "NCHW" and value.attrs.kernel_layout == "OIHW":
+    op's output; E[x] is the calibration data's mean input batch. None where it does not apply."""
+    if op == "nn.conv2d" and mean_input.ndim == 4 and value.attrs.data_layout == "NCHW" and value.attrs.kernel_layout == "OIHW":
         groups = int(value.attrs.groups)
-        channel_mean = mean_input.mean(axis=(1, 2)).reshape(groups, -1)  # (groups, I / groups)
+        channel_mean = mean_input.mean(axis=(0, 2, 3)).reshape(groups, -1)  # (groups, I / groups)
         out_channels = delta_w.shape[0]
         group_of = np.arange(out_channels) // (out_channels // groups)
         shift = (delta_w.sum(axis=(2, 3)) * channel_mean[group_of]).sum(axis=1)
@@ -79,7 +79,7 @@ def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input
             out = bb.emit(value, str(var.name))
             quantized.add(out)
             if op in ("reshape", "flatten") and value.args[0] in mean_of:
-                mean_of[out] = mean_of[value.args[0]].reshape(tensor_shape(out)[1:])
+                mean_of[out] = mean_of[value.args[0]].reshape(tensor_shape(out))
             return out
         if op in COMPUTE and value.args[0] in quantized and is_const(value.args[1]):
             w = const_value(value.args[1])

@@ -10,8 +10,11 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 
 class HistogramObserver:
     """Exact min/max plus a histogram of values over a symmetric range [-amax, amax] that widens
-    as batches arrive (old counts are re-binned by their bin centres), and the mean sample (the
-    average over the batch axis) that bias correction reads."""
+    as batches arrive (old counts are re-binned by their bin centres), and the mean batch (the
+    average over calibration batches, in the tensor's own shape: axis 0 is not always the batch,
+    e.g. the [time, direction, batch, hidden] output of a recurrent layer) that bias correction
+    reads. Infinities and NaNs (masks, log of zero) are left out of the ranges: int8 cannot hold
+    them, and one would make every bin infinitely wide."""
 
     def __init__(self, bins: int = 2048):
         self.bins = bins
@@ -23,16 +26,17 @@ class HistogramObserver:
         self._samples = 0
 
     @property
-    def mean_sample(self) -> np.ndarray | None:
+    def mean_batch(self) -> np.ndarray | None:
         return None if self._sum is None else self._sum / self._samples
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim >= 1 and x.shape[0] > 0:
-            batch_sum = x.sum(axis=0, dtype=np.float64)
-            self._sum = batch_sum if self._sum is None else self._sum + batch_sum
-            self._samples += x.shape[0]
+        if x.size and (self._sum is None or self._sum.shape == x.shape):
+            self._sum = x.astype(np.float64) if self._sum is None else self._sum + x
+            self._samples += 1
         x = x.ravel()
+        if not np.isfinite(x).all():
+            x = x[np.isfinite(x)]
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
