@@ -10,14 +10,15 @@ from .builder import build as build_with_config
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
           bundle=None, quantize=None, calib=None, report=None, records=None, mixed=None,
-          verify: bool = True) -> BuildResult:
+          verify: bool = True, input_values: dict | None = None) -> BuildResult:
     """Compile `model` for `target` into the artifact `output` (and a deploy bundle).
     `quantize`: a QuantConfig (or its fields as a dict) to quantize with `calib` data; `report`:
     a JSON path for the per-layer quantization report; `records`: a tuning database folder
     written by `tune` (the model is not tuned again). `mixed`: search a precision per layer
     first (keyword arguments of mixed.search, plus `config_out`, the JSON the choice is written to).
     `verify`: run the compiled model beside the model's own runtime before writing it (a float
-    build that disagrees is refused; a quantized one's agreement is recorded)."""
+    build that disagrees is refused; a quantized one's agreement is recorded). `input_values`: inputs
+    frozen to constants by name (ONNX; e.g. a sample rate whose value selects a branch of the graph)."""
     # Every path written at the end is checked now, not after minutes of compiling.
     for path in (output, report, (mixed or {}).get("config_out")):
         if path is not None:
@@ -26,8 +27,9 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
         check_writable(bundle, folder=True)
     if mixed is None:
         return build_with_config(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
-                                 calib=calib, report=report, records=records, verify=verify)
+                                 calib=calib, report=report, records=records, verify=verify,
+                                 input_values=input_values)
     from .mixed import build_mixed
 
     return build_mixed(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
-                       calib=calib, report=report, records=records, verify=verify, **mixed)
+                       calib=calib, report=report, records=records, verify=verify, input_values=input_values, **mixed)

@@ -45,7 +45,7 @@ def quantize_step(mod, imported, quantize, calib):
     return quantize_module(mod, imported.inputs, calib, config, imported.layer_names, engine=host_engine)
 
 
-def prepare(model, target: str, input_shapes=None, quantize=None, calib=None) -> Prepared:
+def prepare(model, target: str, input_shapes=None, quantize=None, calib=None, input_values=None) -> Prepared:
     """Model file -> the Relax module a build compiles (and tuning tunes): imported, simplified,
     quantized when asked."""
     import tvm
@@ -53,7 +53,7 @@ def prepare(model, target: str, input_shapes=None, quantize=None, calib=None) ->
     spec = get_target(target)
     backend_for(spec)  # an unknown schedule family fails before minutes of work
     compiler(spec)  # and so does a missing toolchain
-    imported = load_model(model, input_shapes)
+    imported = load_model(model, input_shapes, input_values)
     float_mod = tvm.transform.Sequential(float_passes())(imported.mod)
     mod, quant_report = quantize_step(float_mod, imported, quantize, calib)
     return Prepared(spec, imported, float_mod, mod, quant_report)
@@ -69,13 +69,15 @@ def compile_module(mod, spec, records=None):
 
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
-          bundle=None, quantize=None, calib=None, report=None, records=None, verify: bool = True) -> BuildResult:
+          bundle=None, quantize=None, calib=None, report=None, records=None, verify: bool = True,
+          input_values: dict | None = None) -> BuildResult:
     """Compile `model` for `target` into the artifact `output` (and a deploy bundle).
     `quantize`: a QuantConfig (or its fields as a dict; its `precisions` a per-layer configuration)
     to quantize with `calib` data; `report`: a JSON path for the per-layer quantization report;
     `records`: a tuning database folder written by `tune` (the model is not tuned again);
-    `verify`: run the compiled model beside the model's own runtime first (verification.py)."""
-    prepared = prepare(model, target, input_shapes, quantize, calib)
+    `verify`: run the compiled model beside the model's own runtime first (verification.py);
+    `input_values`: inputs frozen to constants by name (a mode switch such as a sample rate)."""
+    prepared = prepare(model, target, input_shapes, quantize, calib, input_values)
     return build_prepared(prepared, output, bundle=bundle, report=report, records=records,
                           verify=verify, calib=calib)
 

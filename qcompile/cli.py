@@ -24,6 +24,19 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
+def _values(items: list[str] | None) -> dict[str, list[float]]:
+    values = {}
+    for item in items or []:
+        name, sep, numbers = item.partition("=")
+        try:
+            values[name] = [float(v) for v in numbers.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise QCompileError(f"--input-value '{item}': expected NAME=V or NAME=V0,V1,... (e.g. sr=16000)")
+    return values
+
+
 def _quantize(args) -> dict | None:
     if getattr(args, "precision_config", None) and args.quantize != "int8":
         raise QCompileError("--precision-config is used with --quantize int8 (it replaces the search of --quantize mixed)")
@@ -62,7 +75,8 @@ def _mixed(args) -> dict | None:
 def cmd_build(args) -> None:
     from .api import build
 
-    result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape), bundle=args.bundle,
+    result = build(args.model, args.target, args.output, input_shapes=_shapes(args.input_shape),
+                   input_values=_values(args.input_value), bundle=args.bundle,
                    quantize=_quantize(args), calib=args.calib, report=args.report, records=args.records,
                    mixed=_mixed(args), verify=not args.no_verify)
     meta = result.metadata
@@ -102,6 +116,7 @@ def cmd_tune(args) -> None:
     if args.quantize == "mixed":
         raise QCompileError("tune a mixed configuration as --quantize int8 --precision-config JSON (the search's output)")
     result = tune(args.model, args.target, args.records, args.trials, input_shapes=_shapes(args.input_shape),
+                  input_values=_values(args.input_value),
                   quantize=_quantize(args), calib=args.calib, rpc=rpc, seed=args.seed)
     width = max(len(t.name) for t in result.tasks) if result.tasks else 10
     print(f"{'kernel':<{min(width, 60)}}  trials  best ms  default ms  verdict")
@@ -175,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--target", "-t", default="host", help="target name (see `qcompile targets`) or a target .toml")
     b.add_argument("--output", "-o", default="model.so", help="artifact path (default model.so)")
     b.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
+    b.add_argument("--input-value", action="append", metavar="NAME=V[,V..]",
+                   help="freeze an input to a constant, e.g. a sample rate that selects a branch (ONNX; repeatable)")
     b.add_argument("--bundle", metavar="DIR", help="also write a deploy bundle (runtime libraries, runner, README)")
     b.add_argument("--records", metavar="DIR", help="tuning records from `qcompile tune` (verified kernels replace default schedules)")
     b.add_argument("--no-verify", action="store_true",
@@ -192,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials", type=int, default=64, help="measured trials per kernel (default 64)")
     tu.add_argument("--records", default="tuning-records", metavar="DIR", help="records folder (default tuning-records)")
     tu.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
+    tu.add_argument("--input-value", action="append", metavar="NAME=V[,V..]", help="freeze an input to a constant (repeatable)")
     _rpc_args(tu)
     tu.add_argument("--seed", type=int, default=0)
     _quantization_args(tu)

@@ -36,6 +36,7 @@ def build_metadata(prepared, records=None) -> dict:
         "source": Path(imported.source).name,
         "format": imported.format,
         "inputs": [t.to_json() for t in imported.inputs],
+        "frozen_inputs": {name: value.tolist() for name, value in imported.frozen.items()},
         "outputs": [t.to_json() for t in imported.outputs],
         "layers": layer_table(mod, imported.layer_names),
         "built_on": platform.machine(),

@@ -40,7 +40,7 @@ def reference_outputs(imported, inputs: dict[str, np.ndarray]) -> tuple[str, lis
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        return "onnxruntime", session.run(None, inputs)
+        return "onnxruntime", session.run(None, {**inputs, **imported.frozen})
     if imported.format == "tflite":
         try:
             from ai_edge_litert.interpreter import Interpreter

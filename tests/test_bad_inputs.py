@@ -180,6 +180,13 @@ def test_input_shape_not_positive(tmp_path, small_cnn_path, shape, bad):
             fragments=[f"--input-shape x:{shape}: {bad}; every dimension must be >= 1"])
 
 
+@pytest.mark.parametrize("value, fragment", [("x=abc", "--input-value 'x=abc': expected NAME=V or NAME=V0,V1,..."),
+                                             ("x=1,2,3", "--input-value x: 3 values for an input of shape [1, 1, 8, 8]")])
+def test_input_value_malformed(tmp_path, small_cnn_path, value, fragment):
+    refused(tmp_path, "build", small_cnn_path, "-o", tmp_path / "m.so", "--input-shape", "x:1,1,8,8",
+            "--input-value", value, fragments=[fragment])
+
+
 def _broken(kind: str) -> onnx.ModelProto:
     model = small_cnn()
     if kind == "cycle":  # relu1 reads flatten's output, which depends on relu1

@@ -150,3 +150,40 @@ def test_a_recurrent_model_imports_builds_and_matches_onnxruntime(tmp_path):
     got = qcompile.run(result.artifact, feeds).outputs
     for name, ref in zip(("y", "y_h"), reference(path, feeds)):
         np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5)
+
+
+def _branch_on_input_model() -> onnx.ModelProto:
+    """y = If(mode == 1, x * 2, x + 100): a branch chosen by a scalar input, as silero-vad picks
+    its 8/16 kHz network by the sample rate."""
+    h = onnx.helper
+
+    def branch(name, op, const):
+        return h.make_graph([h.make_node(op, ["x", const], [f"{name}_y"])], name, [],
+                            [h.make_tensor_value_info(f"{name}_y", onnx.TensorProto.FLOAT, [1, 4])])
+
+    nodes = [h.make_node("Equal", ["mode", "one"], ["cond"]),
+             h.make_node("If", ["cond"], ["y"], name="pick", then_branch=branch("then", "Mul", "two"),
+                         else_branch=branch("else", "Add", "hundred"))]
+    inits = [onnx.numpy_helper.from_array(np.array(1, np.int64), "one"),
+             onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             onnx.numpy_helper.from_array(np.array(100.0, np.float32), "hundred")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4]),
+                                      h.make_tensor_value_info("mode", onnx.TensorProto.INT64, [])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_a_branch_on_an_input_is_one_line_naming_it_and_builds_once_the_input_is_frozen(tmp_path):
+    path = tmp_path / "branch.onnx"
+    onnx.save(_branch_on_input_model(), path)
+    with pytest.raises(QCompileError, match=r"node 'pick' \(If\): its condition depends on input\(s\) \['mode'\].*"
+                                            r"--input-value mode="):
+        load_model(path)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    for mode, expected in ((1, x * 2), (0, x + 100)):
+        result = qcompile.build(path, "host", tmp_path / f"m{mode}.so", input_values={"mode": [mode]})
+        assert result.metadata["verification"]["verified"] and result.metadata["frozen_inputs"] == {"mode": mode}
+        assert [t["name"] for t in result.metadata["inputs"]] == ["x"]
+        np.testing.assert_allclose(qcompile.run(result.artifact, {"x": x}).outputs["y"], expected)
+    with pytest.raises(QCompileError, match=r"--input-value names unknown input\(s\) \['nope'\]"):
+        load_model(path, input_values={"nope": [1]})

@@ -31,8 +31,9 @@ def _format_of(path: Path) -> str:
     return "onnx"
 
 
-def load_model(path, input_shapes: dict[str, list[int]] | None = None) -> ImportedModel:
-    """Import a model file into Relax. `input_shapes` fixes dynamic dimensions by input name."""
+def load_model(path, input_shapes: dict[str, list[int]] | None = None, input_values: dict | None = None) -> ImportedModel:
+    """Import a model file into Relax. `input_shapes` fixes dynamic dimensions by input name;
+    `input_values` freezes inputs to constants (ONNX models)."""
     for name, dims in (input_shapes or {}).items():
         bad = next((i for i, d in enumerate(dims) if int(d) < 1), None)
         if bad is not None:
@@ -44,6 +45,12 @@ def load_model(path, input_shapes: dict[str, list[int]] | None = None) -> Import
     if not path.is_file():
         raise QCompileError(f"{path}: not a file")
     fmt = _format_of(path)
+    if input_values and fmt != "onnx":
+        raise QCompileError(f"{path}: --input-value freezes inputs of ONNX models; this is a {fmt} model")
+    if fmt == "onnx":
+        from .onnx import load_onnx
+
+        return load_onnx(path, input_shapes or {}, input_values or {})
     if fmt == "tflite":
         from .tflite import load_tflite as load
     elif fmt == "torch":

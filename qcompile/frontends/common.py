@@ -29,6 +29,7 @@ class ImportedModel:
     source: str
     format: str
     layer_names: list[str] = field(default_factory=list)  # source names of compute ops, in order
+    frozen: dict = field(default_factory=dict)  # inputs frozen to constants (name -> array), not inputs any more
 
 
 def raise_unsupported(source: str, unsupported_nodes) -> None:
@@ -67,10 +68,26 @@ def resolve_shape(source: str, name: str, dims: list, given: dict[str, list[int]
     return tuple(resolved)
 
 
-def check_input_names(source: str, known: list[str], given: dict) -> None:
+def frozen_value(source: str, name: str, values, dims: list, dtype: str):
+    """The value an input is frozen to (--input-value), shaped as the input: one number for a scalar
+    or to fill the shape, else as many numbers as the static shape holds."""
+    import numpy as np
+
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    if any(not isinstance(d, int) or d < 1 for d in dims):
+        if flat.size == 1 and not dims:
+            return flat.astype(dtype).reshape(())
+        raise QCompileError(f"{source}: --input-value {name}: the input's shape {dims} is not static")
+    size = int(np.prod(dims)) if dims else 1
+    if flat.size not in (1, size):
+        raise QCompileError(f"{source}: --input-value {name}: {flat.size} values for an input of shape {list(dims)}")
+    return np.broadcast_to(flat, (size,)).astype(dtype).reshape(dims)
+
+
+def check_input_names(source: str, known: list[str], given: dict, flag: str = "--input-shape") -> None:
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise QCompileError(f"{source}: --input-shape names unknown input(s) {unknown}; the model's inputs are {known}")
+        raise QCompileError(f"{source}: {flag} names unknown input(s) {unknown}; the model's inputs are {known}")
 
 
 def output_infos(mod, names: list[str]) -> list[TensorInfo]:

@@ -11,7 +11,15 @@ import warnings
 from pathlib import Path
 
 from ..errors import QCompileError, last_line
-from .common import ImportedModel, TensorInfo, check_input_names, output_infos, raise_unsupported, resolve_shape
+from .common import (
+    ImportedModel,
+    TensorInfo,
+    check_input_names,
+    frozen_value,
+    output_infos,
+    raise_unsupported,
+    resolve_shape,
+)
 from .onnx_recurrent import GATES as RECURRENT
 from .onnx_recurrent import unroll_recurrent
 
@@ -201,6 +209,43 @@ def fix_input_shapes(model, inputs) -> None:
                 dims.add().dim_value = int(d)
 
 
+def freeze_inputs(model, frozen: dict) -> None:
+    """Inputs frozen by --input-value become initializers; a branch they select folds away."""
+    from onnx import numpy_helper
+
+    if not frozen:
+        return
+    kept = [vi for vi in model.graph.input if vi.name not in frozen]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in frozen.items())
+
+
+def check_no_control_flow(path: Path, model) -> None:
+    """An If left after folding branches on values known only at run time: qcompile's passes
+    compile dataflow graphs (TVM's importer converts it, and its compilation fails inside TVM).
+    The inputs its condition depends on are named, to be frozen with --input-value."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    graph_inputs = {vi.name for vi in model.graph.input}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in ("If", "Loop", "Scan"):
+            continue
+        found, stack, seen = [], [node.input[0]] if node.input else [], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in graph_inputs:
+                found.append(name)
+            elif name in producer:
+                stack.extend(n for n in producer[name].input if n)
+        hint = (f"its condition depends on input(s) {sorted(found)} at run time; freeze them with "
+                f"--input-value (e.g. --input-value {sorted(found)[0]}=VALUE)" if found and node.op_type == "If"
+                else "control flow is not compiled (qcompile compiles dataflow graphs)")
+        raise QCompileError(f"{path}: {_node_name(node, i)}: {hint}")
+
+
 def simplify(model):
     """The graph with its shape arithmetic (Shape -> Gather -> Concat -> Reshape, ConstantOfShape,
     Range...) folded to constants now that the input shapes are static, as TVM's importer needs:
@@ -223,7 +268,7 @@ def simplify(model):
     return slim if slim is not None else model
 
 
-def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
+def load_onnx(path: Path, input_shapes: dict[str, list[int]], input_values: dict | None = None) -> ImportedModel:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -234,15 +279,22 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in initializers]
     check_input_names(str(path), [vi.name for vi in graph_inputs], input_shapes)
-    inputs = []
+    check_input_names(str(path), [vi.name for vi in graph_inputs], input_values or {}, "--input-value")
+    inputs, frozen = [], {}
     for vi in graph_inputs:
         ttype = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in ttype.shape.dim]
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type))
+        if vi.name in (input_values or {}):
+            frozen[vi.name] = frozen_value(str(path), vi.name, input_values[vi.name],
+                                           input_shapes.get(vi.name, dims), dtype)
+            continue
         inputs.append(TensorInfo(vi.name, resolve_shape(str(path), vi.name, dims, input_shapes), dtype))
     output_names = [o.name for o in model.graph.output]
+    freeze_inputs(model, frozen)
     fix_input_shapes(model, inputs)
     model = simplify(model)
+    check_no_control_flow(path, model)
     model = unroll_recurrent(model, str(path))
     model = fuse_pad_into_conv(fold_constant_nodes(model))
     printed, failure = io.StringIO(), None
@@ -266,4 +318,4 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel:
         raise QCompileError(f"{path}: {failure}")
     outputs = output_infos(mod, output_names)
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node) if n.op_type in COMPUTE_NODES]
-    return ImportedModel(mod, inputs, outputs, str(path), "onnx", layer_names)
+    return ImportedModel(mod, inputs, outputs, str(path), "onnx", layer_names, frozen)

@@ -13,10 +13,11 @@ from .search import search
 
 
 def build_mixed(model, target: str = "host", output="model.so", *, input_shapes=None, bundle=None, quantize=None,
-                calib=None, report=None, records=None, config_out=None, verify: bool = True, **options) -> BuildResult:
+                calib=None, report=None, records=None, config_out=None, verify: bool = True, input_values=None,
+                **options) -> BuildResult:
     """The search (keyword arguments of search), then the build of its choice; the choice is
     written as JSON to `config_out` (default: beside the artifact, .precision.json)."""
-    prepared = prepare(model, target, input_shapes, None, calib)
+    prepared = prepare(model, target, input_shapes, None, calib, input_values)
     base = quantize if isinstance(quantize, QuantConfig) else QuantConfig(**(quantize or {}))
     result, (prepared.mod, prepared.quant_report) = search(prepared, calib, base=base, **options)
 

@@ -91,17 +91,18 @@ def noting_interrupts():
             signal.signal(sig, handler)
 
 
-def tune(model, target: str = "host", records="tuning-records", trials: int = 64, *, input_shapes=None,
+def tune(model, target: str = "host", records="tuning-records", trials: int = 64, *, input_shapes=None, input_values=None,
          quantize=None, calib=None, rpc: RPC | None = None, progress: bool = True, seed: int = 0,
          trials_per_iter: int = 16) -> TuneResult:
     """Tune every kernel of `model` (as `build` would compile it) up to `trials` measured trials each,
     appending to the records folder `records`; returns what each kernel reached."""
     with without_stock_intrinsics(), noting_interrupts() as interrupts:
-        return _tune(interrupts, model, target, records, trials, input_shapes=input_shapes, quantize=quantize, calib=calib,
+        return _tune(interrupts, model, target, records, trials, input_shapes=input_shapes, input_values=input_values,
+                     quantize=quantize, calib=calib,
                      rpc=rpc, progress=progress, seed=seed, trials_per_iter=trials_per_iter)
 
 
-def _tune(interrupts: dict, model, target, records, trials, *, input_shapes, quantize, calib, rpc, progress, seed,
+def _tune(interrupts: dict, model, target, records, trials, *, input_shapes, input_values, quantize, calib, rpc, progress, seed,
           trials_per_iter) -> TuneResult:
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
@@ -118,7 +119,7 @@ def _tune(interrupts: dict, model, target, records, trials, *, input_shapes, qua
                             "use TVM's GPU schedules")
     ms_target = backend.tuning_target(None if rpc is None else spec.runtime.get("num_cores", 4))
     device = backend.device(rpc, ms_target)  # fails fast: no such device, or no free one at the tracker
-    prepared = prepare(model, target, input_shapes, quantize, calib)
+    prepared = prepare(model, target, input_shapes, quantize, calib, input_values)
     records = Path(records)
     check_target(records, spec)  # before the repair: records of another target are left as they are
     database, moved = open_database(records)
