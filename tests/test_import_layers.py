@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "qcompile"
 
-LAYER_1 = {"errors", "atomic", "threads", "targets", "toolchain", "artifact", "ir", "ops", "layers", "examples"}
+LAYER_1 = {"errors", "atomic", "threads", "targets", "toolchain", "artifact", "ir", "ops", "layers", "examples", "zoo"}
 LAYER_2 = {"frontends", "passes", "quantize", "backends", "records", "peer"}
 
 
