@@ -63,3 +63,41 @@ def test_the_guarded_move_refuses_only_when_elements_would_be_lost():
     assert not moved and after == before
     moved, before, after = schedule(pad=0)
     assert moved and after == before
+
+
+
+def test_a_wrong_constant_in_the_compiled_model_fails_the_builds_verification_in_one_line(tmp_path, monkeypatch):
+    """A bias constant changed on its way into the kernels (as a miscompiled kernel would compute):
+    the build runs the result beside onnxruntime, refuses it naming the output, and writes nothing."""
+    import onnx
+    from tvm import relax
+
+    import qcompile
+    from qcompile import QCompileError
+    from qcompile.backends.cpu import CPUBackend
+    from qcompile.ir import const_value, emit_as_is, op_name, rewrite_main
+
+    h = onnx.helper
+    nodes = [h.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Add", ["p", "b"], ["s"]), h.make_node("Relu", ["s"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(RNG.standard_normal((1, 8, 1, 1)).astype(np.float32), "b")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 16, 16])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    path = tmp_path / "pool_add.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path)
+    assert qcompile.build(path, "host", tmp_path / "ok.so").metadata["verification"]["verified"]
+
+    def corrupt(mod, _ctx):
+        def rule(bb, var, value):
+            if op_name(value) == "add":
+                return bb.emit(R.add(value.args[0], relax.const(const_value(value.args[1]) + 0.5)), var.name)
+            return emit_as_is(bb, var, value)
+        return rewrite_main(mod, rule)
+
+    stock = CPUBackend.relax_passes
+    monkeypatch.setattr(CPUBackend, "relax_passes",
+                        lambda self: [tvm.transform.module_pass(corrupt, opt_level=0, name="Corrupt"), *stock(self)])
+    with pytest.raises(QCompileError) as err:
+        qcompile.build(path, "host", tmp_path / "broken.so")
+    assert str(err.value).startswith("verification: output 'y' differs from onnxruntime by ")
+    assert "\n" not in str(err.value) and not (tmp_path / "broken.so").exists()
