@@ -56,15 +56,23 @@ def parallel_if_worth_it(sch, loop, work: int) -> None:
 def reverse_compute_at_covering(sch, block, loop, **kwargs) -> bool:
     """`sch.reverse_compute_at(block, loop)` only where the moved block still computes every
     element it did: TVM bounds the moved block by the region the loop's producer writes, so an
-    epilogue that covers more than that (a channel padding after a pooling, fused into one kernel)
-    silently lost its extra elements. Returns whether the block was moved."""
+    epilogue that covers more than that (a channel padding after a max-pool, fused into one kernel)
+    silently lost its extra elements. The move is tried first on a fresh schedule of the same
+    function (`sch.copy()` shares state with `sch`, and a move there broke later compilation).
+    Returns whether the block was moved."""
+    from tvm import s_tir
+
     before = loop_work(sch, block)
-    trial = sch.copy()
+    block_name, loop_var = sch.get(block).name_hint, sch.get(loop).loop_var.name
+    trial = s_tir.Schedule(sch.mod)
     try:
-        trial.reverse_compute_at(block, loop, **kwargs)
-    except Exception:  # noqa: BLE001 - TVM refuses the move: the block stays where it is
+        trial_block = trial.get_sblock(block_name)
+        trial_loop = next(lp for b in trial.get_child_blocks(trial.get_sblock("root"))
+                          for lp in trial.get_loops(b) if trial.get(lp).loop_var.name == loop_var)
+        trial.reverse_compute_at(trial_block, trial_loop, **kwargs)
+    except Exception:  # noqa: BLE001 - TVM refuses the move (or the loop is not found): the block stays
         return False
-    if loop_work(trial, block) < before:
+    if loop_work(trial, trial_block) < before:
         return False
     sch.reverse_compute_at(block, loop, **kwargs)
     return True
