@@ -67,5 +67,15 @@ OP_KINDS = {"compute": set(COMPUTE), "binary": BINARY, "reduce": REDUCE, "concat
             "elementwise": set(ELEMENTWISE)}
 
 
+def channel_axes(op: str, attrs=None) -> tuple[int, int]:
+    """(the weight's output-channel axis, the result's channel axis) of a compute op: a
+    convolution's come from its layouts (TFLite imports NHWC data with HWIO kernels, HWOI for
+    depthwise), the rest from COMPUTE."""
+    if op in ("nn.conv2d", "nn.conv1d") and attrs is not None:
+        out_layout = str(attrs.out_layout) or str(attrs.data_layout)
+        return str(attrs.kernel_layout).index("O"), out_layout.index("C")
+    return COMPUTE[op]["weight_axis"], COMPUTE[op]["out_axis"]
+
+
 def short_name(op: str) -> str:
     return op.split(".")[-1]

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import tvm
-from relax_builders import B1, QX, QY, RNG, W1, W2, conv, fake_quant_per_channel, function, qdq
+from relax_builders import B1, QX, QY, RNG, W1, W2, conv, fake_quant_per_channel, function, module, qdq, tensor_var
 from tvm import relax
 from tvm.relax import op as R
 
 from qcompile.backends import host_engine
+from qcompile.ir import const_value
 from qcompile.quantize import annotate, insert_qdq, realize
 
 
@@ -67,3 +68,37 @@ def test_realized_layer_is_within_one_step_of_simulation(symmetric):
         sim, got = _run(simulated, x), _run(realized, x)
         step = out_step or float(max(q.scale for q in qparams.values()))
         assert np.abs(sim - got).max() <= step * 1.01, (np.abs(sim - got).max(), step)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_channels_last_convolutions_quantize_per_output_channel_and_realize_to_int8(symmetric):
+    """TFLite imports NHWC data with HWIO kernels (HWOI for depthwise). Their weights are scaled
+    along O, wherever the layout puts it, and the layers become integer convolutions (they were
+    left in float while the report said int8, and scaled along H)."""
+    from qcompile.ir import main_bindings, op_name
+    from qcompile.quantize.calibrate import choose_qparams, collect
+
+    w = RNG.standard_normal((3, 3, 3, 4)).astype("float32") * np.array([0.01, 1, 10, 100], "float32")  # HWIO
+    dw = RNG.standard_normal((3, 3, 4, 1)).astype("float32") * np.array([1, 5, 0.2, 50], "float32")[:, None]  # HWOI
+
+    def model(bb, x):
+        c = bb.emit(R.nn.relu(bb.emit(R.nn.conv2d(x, relax.const(w), padding=[1, 1, 1, 1], data_layout="NHWC",
+                                                  kernel_layout="HWIO"))))
+        return bb.emit(R.nn.conv2d(c, relax.const(dw), padding=[1, 1, 1, 1], groups=4, data_layout="NHWC",
+                                   kernel_layout="HWOI"))
+
+    mod = module([tensor_var("x", (1, 8, 8, 3), "float32")], model)
+    xs = [RNG.standard_normal((1, 8, 8, 3)).astype("float32") for _ in range(4)]
+    annotated = annotate(mod)
+    qparams = choose_qparams(collect(annotated, [{"x": x} for x in xs], ["x"], host_engine, progress=False),
+                             symmetric=symmetric)
+    simulated = insert_qdq(annotated, qparams)
+    fake = [const_value(v.args[1]) for _, v in main_bindings(simulated) if op_name(v) == "nn.conv2d"]
+    per_o = np.abs(w).max(axis=(0, 1, 2)) / 127
+    np.testing.assert_allclose(fake[0], np.round(w / per_o) * per_o, rtol=1e-5, atol=1e-7)
+    realized = realize(simulated)
+    convs = [v for _, v in main_bindings(realized) if op_name(v) == "nn.conv2d"]
+    assert len(convs) == 2 and all(str(c.attrs.out_dtype) == "int32" for c in convs)
+    for x in xs:
+        sim, got = _run(simulated, x), _run(realized, x)
+        assert np.abs(sim - got).max() <= float(max(q.scale for q in qparams.values())) * 1.01

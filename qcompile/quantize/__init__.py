@@ -99,7 +99,7 @@ def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> l
         if node.kind == "compute" and node.quantized and is_const(first.args[1]):
             w = const_value(first.args[1])
             bits = 4 if row["precision"] == "int4" else 8
-            row["weight"] = _scale_summary(weight_qparams(w, weight_axis(op_name(first), w, config.per_channel), bits))
+            row["weight"] = _scale_summary(weight_qparams(w, weight_axis(op_name(first), w, config.per_channel, first.attrs), bits))
         rows.append(row)
     return rows
 

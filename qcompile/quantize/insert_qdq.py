@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from ..ir import const, const_value, emit_as_is, is_const, observe_site, op_name, rewrite_main, tensor_shape
-from ..ops import COMPUTE, PASSTHROUGH
+from ..ops import COMPUTE, PASSTHROUGH, channel_axes
 from .params import QParams, weight_qparams
 
 
@@ -22,22 +22,22 @@ def qdq(x, qp: QParams):
                         out_dtype="float32")
 
 
-def weight_axis(op: str, weight: np.ndarray, per_channel: bool) -> int | None:
+def weight_axis(op: str, weight: np.ndarray, per_channel: bool, attrs=None) -> int | None:
+    """The axis a weight's scales run along (its output channels), None per tensor."""
     if not per_channel:
         return None
-    axis = COMPUTE[op]["weight_axis"]
-    return axis % weight.ndim
+    return channel_axes(op, attrs)[0] % weight.ndim
 
 
-def fake_quantize_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int = 8) -> np.ndarray:
-    qp = weight_qparams(weight, weight_axis(op, weight, per_channel), bits)
+def fake_quantize_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int = 8, attrs=None) -> np.ndarray:
+    qp = weight_qparams(weight, weight_axis(op, weight, per_channel, attrs), bits)
     return qp.dequantize(qp.quantize(weight))
 
 
-def dequantized_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int) -> relax.Expr:
+def dequantized_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int, attrs=None) -> relax.Expr:
     """dequantize(codes) of a `bits`-bit weight, the form QDQ models import as: realize keeps the
     codes themselves (4-bit values in int8), where re-quantizing the float weight at 8 bits would not."""
-    qp = weight_qparams(weight, weight_axis(op, weight, per_channel), bits)
+    qp = weight_qparams(weight, weight_axis(op, weight, per_channel, attrs), bits)
     axis = -1 if qp.axis is None else qp.axis
     return R.dequantize(relax.const(qp.quantize(weight)), const(qp.scale, "float32"), const(0, "int32"),
                         axis=axis, out_dtype="float32")
@@ -46,13 +46,19 @@ def dequantized_weight(op: str, weight: np.ndarray, per_channel: bool, bits: int
 def output_shift(op: str, value, delta_w: np.ndarray, mean_input: np.ndarray) -> np.ndarray | None:
     """E[op(x, W_q)] - E[op(x, W)] = op(E[x], W_q - W), per output channel, shaped to add to the
     op's output; E[x] is the calibration data's mean input batch. None where it does not apply."""
-    if op == "nn.conv2d" and mean_input.ndim == 4 and value.attrs.data_layout == "NCHW" and value.attrs.kernel_layout == "OIHW":
-        groups = int(value.attrs.groups)
+    if op == "nn.conv2d" and mean_input.ndim == 4 and delta_w.ndim == 4:
+        a = value.attrs
+        # in NCHW / OIHW terms whatever the layouts (TFLite's are NHWC / HWIO, HWOI)
+        mean_input = mean_input.transpose([str(a.data_layout).index(c) for c in "NCHW"])
+        delta_w = delta_w.transpose([str(a.kernel_layout).index(c) for c in "OIHW"])
+        groups = int(a.groups)
         channel_mean = mean_input.mean(axis=(0, 2, 3)).reshape(groups, -1)  # (groups, I / groups)
         out_channels = delta_w.shape[0]
         group_of = np.arange(out_channels) // (out_channels // groups)
         shift = (delta_w.sum(axis=(2, 3)) * channel_mean[group_of]).sum(axis=1)
-        return shift.reshape(1, -1, 1, 1)
+        shape = [1, 1, 1, 1]
+        shape[channel_axes(op, a)[1]] = -1
+        return shift.reshape(shape)
     if op == "matmul" and delta_w.ndim == 2:
         return mean_input.reshape(-1, mean_input.shape[-1]).mean(axis=0) @ delta_w
     return None
@@ -85,8 +91,8 @@ def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input
             w = const_value(value.args[1])
             if w.dtype.kind == "f":
                 bits = (weight_bits or {}).get(str(var.name), 8)
-                wq = fake_quantize_weight(op, w, per_channel, bits)
-                w_expr = relax.const(wq) if bits == 8 else bb.emit(dequantized_weight(op, w, per_channel, bits),
+                wq = fake_quantize_weight(op, w, per_channel, bits, value.attrs)
+                w_expr = relax.const(wq) if bits == 8 else bb.emit(dequantized_weight(op, w, per_channel, bits, value.attrs),
                                                                      f"{var.name}_weight")
                 args = [value.args[0], w_expr, *value.args[2:]]
                 value = relax.Call(value.op, args, value.attrs, value.ty_args)

@@ -19,7 +19,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from ..ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape, vars_in
-from ..ops import COMPUTE, ELEMENTWISE, PASSTHROUGH
+from ..ops import COMPUTE, ELEMENTWISE, PASSTHROUGH, channel_axes
 from .insert_qdq import weight_axis
 from .params import weight_qparams
 
@@ -186,11 +186,14 @@ class Realizer:
         rw = self.reps.get(w)
         if is_const(w) and const_value(w).dtype.kind == "f":
             wf = const_value(w)
-            qp = weight_qparams(wf, weight_axis(op, wf, self.per_channel))
+            qp = weight_qparams(wf, weight_axis(op, wf, self.per_channel, call.attrs))
             rw = IntRep(relax.const(qp.quantize(wf)), qp.scale.astype(np.float64), 0, qp.axis, "int8")
         if not isinstance(rw, IntRep) or not rw.narrow or (rw.zp and not is_const(rw.var)):
             return None
-        if not rw.per_tensor and (op not in COMPUTE or rw.axis != COMPUTE[op]["weight_axis"] % len(tensor_shape(w))):
+        if op not in COMPUTE:
+            return None
+        w_axis, out_axis = channel_axes(op, call.attrs)
+        if not rw.per_tensor and rw.axis != w_axis % len(tensor_shape(w)):
             return None
         # 8-bit data with a zero point (u8 x s8, or s8 asymmetric) against a constant symmetric
         # int8 weight stays an 8-bit kernel: pad with the zero point, then subtract zp * sum(w).
@@ -205,21 +208,26 @@ class Realizer:
             correction = wq.sum(axis=-2) if zp_folded else None
         else:
             a = call.attrs
-            if a.data_layout not in ("NCHW", "NCW") or a.kernel_layout not in ("OIHW", "OIW"):
-                return None
             padding = [int(p) for p in a.padding]
             if zp_folded and any(padding):
                 half = len(padding) // 2
-                widths = [0, 0, 0, 0] + [v for i in range(half) for v in (padding[i], padding[half + i])]
+                spatial = [c for c in str(a.data_layout) if c not in "NC"]  # padding's order: begins, then ends
+                widths = [v for c in str(a.data_layout)
+                          for v in ((padding[spatial.index(c)], padding[half + spatial.index(c)]) if c in spatial else (0, 0))]
                 xin, padding = bb.emit(R.nn.pad(xin, widths, pad_value=float(rx.zp))), [0] * len(padding)
             fn = R.nn.conv2d if op == "nn.conv2d" else R.nn.conv1d
             acc = bb.emit(fn(xin, win, strides=a.strides, padding=padding, dilation=a.dilation, groups=a.groups,
                              data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_dtype="int32"))
-            correction = wq.reshape(wq.shape[0], -1).sum(axis=1).reshape([1, -1] + [1] * (wq.ndim - 2)) if zp_folded else None
+            if zp_folded:
+                shape = [1] * wq.ndim
+                shape[out_axis] = -1
+                correction = np.moveaxis(wq, w_axis, 0).reshape(wq.shape[w_axis], -1).sum(axis=1).reshape(shape)
+            else:
+                correction = None
         if correction is not None:
             acc = bb.emit(R.subtract(acc, const(rx.zp * correction, "int32")))
         scale = np.float64(rx.scale) * rw.scale
-        axis = None if rw.per_tensor else COMPUTE[op]["out_axis"] % len(tensor_shape(acc))
+        axis = None if rw.per_tensor else out_axis % len(tensor_shape(acc))
         return IntRep(acc, scale, 0, axis, "int32")
 
     def widen_to(self, bb, rep: IntRep, dtype: str) -> relax.Expr:
