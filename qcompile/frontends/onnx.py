@@ -104,6 +104,18 @@ def check_graph(path: Path, model) -> None:
         model.graph.node.extend(nodes[i] for i in order)
 
 
+OPERATOR_FORM = {"QLinearConv", "QLinearMatMul", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+                 "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu"}
+
+
+def _operator_form_hint(ops: set) -> str | None:
+    if not ops & OPERATOR_FORM:
+        return None
+    return ("a model quantized in operator form; qcompile takes QDQ models: quantize the float model with "
+            "onnxruntime's quantize_static(..., quant_format=QuantFormat.QDQ), or build the float model "
+            "with --quantize int8")
+
+
 def unsupported_nodes(model):
     """(op, node name) for every node TVM's ONNX frontend cannot convert."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
@@ -274,7 +286,7 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]], input_values: dict
 
     model = read_onnx(path)
     check_opset(path, model)
-    raise_unsupported(str(path), unsupported_nodes(model))
+    raise_unsupported(str(path), unsupported_nodes(model), _operator_form_hint)
     check_graph(path, model)
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in initializers]

@@ -16,6 +16,19 @@ def _tensor_name(subgraph, index: int) -> str:
     return subgraph.Tensors(index).Name().decode()
 
 
+def _op_code(converter, model, op) -> str:
+    """The op's name as TVM's converter knows it, or, for one it refuses to name (a custom op,
+    a code newer than its schema), what the model calls it."""
+    try:
+        return converter.get_op_code_str(op)
+    except NotImplementedError:
+        code = model.OperatorCodes(op.OpcodeIndex())
+        custom = code.CustomCode()
+        if custom:
+            return f"custom op {custom.decode(errors='replace')}"
+        return f"builtin op code {max(code.BuiltinCode(), code.DeprecatedBuiltinCode())}"
+
+
 def _converter_class():
     """TVM's TFLite converter with the fixes real models needed."""
     from tflite.TensorType import TensorType
@@ -56,7 +69,7 @@ def load_tflite(path: Path, input_shapes: dict[str, list[int]]) -> ImportedModel
         ops = []
         for i in range(subgraph.OperatorsLength()):
             op = subgraph.Operators(i)
-            ops.append((converter.get_op_code_str(op), _tensor_name(subgraph, op.Outputs(0)) if op.OutputsLength() else f"#{i}"))
+            ops.append((_op_code(converter, model, op), _tensor_name(subgraph, op.Outputs(0)) if op.OutputsLength() else f"#{i}"))
         inputs_idx = list(subgraph.InputsAsNumpy())
         outputs_idx = list(subgraph.OutputsAsNumpy())
         raw_inputs = [(_tensor_name(subgraph, i), list(subgraph.Tensors(i).ShapeAsNumpy()), _decode_type(subgraph.Tensors(i).Type()))
