@@ -58,21 +58,23 @@ def reverse_compute_at_covering(sch, block, loop, **kwargs) -> bool:
     element it did: TVM bounds the moved block by the region the loop's producer writes, so an
     epilogue that covers more than that (a channel padding after a max-pool, fused into one kernel)
     silently lost its extra elements. The move is tried first on a fresh schedule of the same
-    function (`sch.copy()` shares state with `sch`, and a move there broke later compilation).
+    function (`sch.copy()` fails after a tensorize: TVM's copier meets the replaced block's stale dependences).
     Returns whether the block was moved."""
     from tvm import s_tir
 
     before = loop_work(sch, block)
-    block_name, loop_var = sch.get(block).name_hint, sch.get(loop).loop_var.name
-    trial = s_tir.Schedule(sch.mod)
+    trial = s_tir.Schedule(sch.mod)  # shares the IR objects: the block and loop are found by identity
     try:
-        trial_block = trial.get_sblock(block_name)
-        trial_loop = next(lp for b in trial.get_child_blocks(trial.get_sblock("root"))
-                          for lp in trial.get_loops(b) if trial.get(lp).loop_var.name == loop_var)
+        blocks = trial.get_child_blocks(trial.get_sblock("root"))
+        trial_block = next(b for b in blocks if trial.get(b).same_as(sch.get(block)))
+        trial_loop = next(lp for b in blocks for lp in trial.get_loops(b) if trial.get(lp).same_as(sch.get(loop)))
         trial.reverse_compute_at(trial_block, trial_loop, **kwargs)
     except Exception:  # noqa: BLE001 - TVM refuses the move (or the loop is not found): the block stays
         return False
     if loop_work(trial, trial_block) < before:
         return False
-    sch.reverse_compute_at(block, loop, **kwargs)
+    try:
+        sch.reverse_compute_at(block, loop, **kwargs)
+    except Exception:  # noqa: BLE001
+        return False
     return True
