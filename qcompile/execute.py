@@ -49,6 +49,15 @@ def load_inputs(inputs, meta: dict, source: str = "inputs") -> list[np.ndarray]:
     return arrays
 
 
+def name_outputs(values: list[np.ndarray], meta: dict) -> dict[str, np.ndarray]:
+    """The model's outputs keyed by the artifact's output names, in their order (output_0, ... if
+    the count differs)."""
+    names = [t["name"] for t in meta["outputs"]]
+    if len(values) != len(names):
+        names = [f"output_{i}" for i in range(len(values))]
+    return dict(zip(names, values))
+
+
 def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunResult:
     """Run `artifact` on `inputs` (.npz path or dict by input name); write `output` .npz if given."""
     path = Path(artifact)
@@ -58,10 +67,7 @@ def run(artifact, inputs, output=None, *, bundle=None, repeat: int = 0) -> RunRe
     arrays = load_inputs(inputs, meta)
     backend = backend_for(TargetSpec.from_json(meta["target_spec"]))
     values, latency, how = backend.run(path, arrays, meta, repeat, bundle)
-    names = [t["name"] for t in meta["outputs"]]
-    if len(values) != len(names):
-        names = [f"output_{i}" for i in range(len(values))]
-    outputs = dict(zip(names, values))
+    outputs = name_outputs(values, meta)
     if output is not None:
         with atomic_file(output) as tmp, open(tmp, "wb") as f:
             np.savez(f, **outputs)

@@ -132,6 +132,16 @@ class Backend:
         """None where its artifacts run on this machine (natively, emulated, or on a device here), else why not."""
         return f"{self.kind} artifacts do not run on this machine"
 
+    def load(self, path, metadata: dict):
+        """The artifact loaded once into this process, for qcompile.load: an object with
+        `bind(arrays)` (a call running the model on `arrays`, in parameter order, already on the
+        device) and `outputs(result)` (that call's result as a list of arrays), like
+        cpu/run.py's NativeModel. Where it cannot be, one QCompileError line says why and what to use."""
+        why = self.runs_here()
+        raise QCompileError(f"{path}: {why}" if why else
+                            f"{path}: qcompile.load keeps only native CPU artifacts loaded in this process; "
+                            f"run this '{self.spec.name}' artifact with qcompile.run")
+
     def run_compiled(self, compiled, arrays: list[np.ndarray], metadata: dict):
         """(outputs, None) of a compiled module on `arrays`, or (None, why it cannot run here): the
         artifact is exported to a temporary folder and run as a user would run it (an executable
@@ -211,11 +221,17 @@ def time_us(module, device, tensors, function: str = "main", number: int = 20, r
     return float(np.median(timer(*tensors).results)) * 1e6
 
 
-def median_ms(call, repeat: int) -> float | None:
-    """The median wall time of `repeat` calls, in ms (None for no repeats)."""
+def latencies_ms(call, repeat: int) -> list[float]:
+    """The wall time of each of `repeat` calls, in ms."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         call()
         times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def median_ms(call, repeat: int) -> float | None:
+    """The median wall time of `repeat` calls, in ms (None for no repeats)."""
+    times = latencies_ms(call, repeat)
     return statistics.median(times) if times else None

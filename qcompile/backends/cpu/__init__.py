@@ -71,6 +71,20 @@ class CPUBackend(Backend):
             return (*run_native(Path(path), arrays, repeat), "native")
         return (*run_emulated(Path(path), arrays, self.spec, repeat, bundle), f"emulated ({self.spec.runtime['emulator'][0]})")
 
+    def load(self, path, metadata: dict):
+        """Natively: the library loaded into this process. An artifact for another architecture
+        runs only under its emulator, one process per run: refused, with what to use instead."""
+        from .run import NativeModel
+
+        why = self.runs_here()
+        if why is not None:
+            raise QCompileError(f"{path}: {why}")
+        if not self._native():
+            raise QCompileError(f"{path}: built for '{self.spec.name}' ({self.spec.arch}), which runs here only under "
+                                f"{self.spec.runtime['emulator'][0]}, one process per run, so qcompile.load cannot "
+                                "keep it loaded; use qcompile.run")
+        return NativeModel(Path(path))
+
     def device(self, rpc=None, target=None):
         from .devices import LocalDevice, RemoteDevice
         from .rpc import wait_for_device

@@ -47,14 +47,34 @@ def _flatten(value) -> list[np.ndarray]:
     return [arr for item in value for arr in _flatten(item)]
 
 
-def run_native(path: Path, arrays: list[np.ndarray], repeat: int) -> tuple[list[np.ndarray], float | None]:
-    import tvm
-    from tvm import relax
+class NativeModel:
+    """A native artifact loaded once: its library in this process, its Relax VM on this machine's
+    CPU. `bind` puts inputs on the device and returns the call that runs `main` on them (what a
+    latency measures); `outputs` turns that call's result into arrays."""
 
-    vm = relax.VirtualMachine(load_library(path), tvm.cpu())
-    args = [tvm.runtime.tensor(a) for a in arrays]
-    outputs = _flatten(vm["main"](*args))
-    return outputs, median_ms(lambda: vm["main"](*args), repeat)
+    def __init__(self, path):
+        import tvm
+        from tvm import relax
+
+        self.device = tvm.cpu()
+        self.vm = relax.VirtualMachine(load_library(path), self.device)
+        self.main = self.vm["main"]
+
+    def bind(self, arrays: list[np.ndarray]):
+        import tvm
+
+        args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        return lambda: self.main(*args)
+
+    @staticmethod
+    def outputs(result) -> list[np.ndarray]:
+        return _flatten(result)
+
+
+def run_native(path: Path, arrays: list[np.ndarray], repeat: int) -> tuple[list[np.ndarray], float | None]:
+    model = NativeModel(path)
+    call = model.bind(arrays)
+    return model.outputs(call()), median_ms(call, repeat)
 
 
 def run_emulated(path: Path, arrays: list[np.ndarray], spec, repeat: int, bundle) -> tuple[list[np.ndarray], float | None]:

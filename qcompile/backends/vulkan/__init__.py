@@ -112,6 +112,10 @@ class VulkanBackend(Backend):
         outputs = list(model.run(named).values())
         return outputs, median_ms(lambda: model.run(named), repeat), "vulkan (wgpu)"
 
+    def load(self, path, metadata: dict):
+        raise QCompileError(f"{path}: qcompile.load keeps only native CPU artifacts loaded; run a Vulkan artifact with "
+                            "qcompile.run, or keep it loaded with qcompile.backends.vulkan.runtime.VulkanModel(path)")
+
     def device(self, rpc=None, target=None):
         from .tuning import VulkanDevice
 
