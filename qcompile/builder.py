@@ -28,21 +28,23 @@ class Prepared:
     float_mod: object
     mod: object
     quant_report: dict | None
+    simulated: object = None  # the fake-quantized float module the integer one realizes (checked against it)
 
 
 def quantize_step(mod, imported, quantize, calib):
-    """(module, quantization report or None): the user's quantization, or the realization of a
-    pre-quantized (QDQ) model, which would otherwise run as float with fake quantization."""
-    from .quantize import QuantConfig, has_qdq, quantize_module, realize
+    """(module, quantization report or None, simulated module or None): the user's quantization,
+    or the realization of a pre-quantized (QDQ) model, which would otherwise run as float with fake
+    quantization. The simulated module is the QDQ form an integer module was realized from."""
+    from .quantize import QuantConfig, has_qdq, quantize_and_simulate, realize
 
     if quantize is None:
         if not has_qdq(mod):
-            return mod, None
-        return realize(mod), {"config": {"mode": "pre-quantized (QDQ)"}, "layers": []}
+            return mod, None, None
+        return realize(mod), {"config": {"mode": "pre-quantized (QDQ)"}, "layers": []}, mod
     if has_qdq(mod):
         raise QCompileError(f"{imported.source}: the model is already quantized (QDQ); build it without --quantize")
     config = quantize if isinstance(quantize, QuantConfig) else QuantConfig(**quantize)
-    return quantize_module(mod, imported.inputs, calib, config, imported.layer_names, engine=host_engine)
+    return quantize_and_simulate(mod, imported.inputs, calib, config, imported.layer_names, engine=host_engine)
 
 
 def prepare(model, target: str, input_shapes=None, quantize=None, calib=None, input_values=None) -> Prepared:
@@ -55,8 +57,8 @@ def prepare(model, target: str, input_shapes=None, quantize=None, calib=None, in
     compiler(spec)  # and so does a missing toolchain
     imported = load_model(model, input_shapes, input_values)
     float_mod = tvm.transform.Sequential(float_passes())(imported.mod)
-    mod, quant_report = quantize_step(float_mod, imported, quantize, calib)
-    return Prepared(spec, imported, float_mod, mod, quant_report)
+    mod, quant_report, simulated = quantize_step(float_mod, imported, quantize, calib)
+    return Prepared(spec, imported, float_mod, mod, quant_report, simulated)
 
 
 def compile_module(mod, spec, records=None):

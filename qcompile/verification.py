@@ -11,6 +11,10 @@ import numpy as np
 from .errors import QCompileError
 
 FLOAT_TOLERANCE = 1e-3  # max |difference| relative to the reference output's largest magnitude (at least 1)
+# An integer build may lose this much more SQNR against the reference than its own float simulation
+# does. Realized and simulated rounding differ by a step here and there, and deep networks amplify
+# it (measured: within 2 dB either way on the zoo); a wrong kernel or scale loses tens of dB.
+SIMULATION_MARGIN_DB = 6.0
 
 
 def sample_inputs(imported, calib=None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -95,6 +99,30 @@ def compare(imported, got: list[np.ndarray], ref: list[np.ndarray], quantized: b
     return {"reference": runtime, "outputs": rows}
 
 
+def simulation_outputs(prepared, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The fake-quantized float module the integer build was realized from, run here."""
+    import tvm
+
+    from .backends import host_engine
+
+    result = host_engine(prepared.simulated)["main"](*[tvm.runtime.tensor(a) for a in arrays])
+    return [result[i].numpy() for i in range(len(result))] if not hasattr(result, "numpy") else [result.numpy()]
+
+
+def check_against_simulation(imported, rows: list[dict], got, simulated, ref, runtime: str) -> None:
+    """Each output's SQNR against the reference beside its simulation's; refuses an integer build
+    that loses SIMULATION_MARGIN_DB more than the simulation does."""
+    for info, row, a, s, b in zip(imported.outputs, rows, got, simulated, ref):
+        b64 = np.asarray(b, np.float64)
+        row["simulation_sqnr_db"] = _sqnr_db(np.asarray(s), b64)
+        row["sqnr_vs_simulation_db"] = _sqnr_db(np.asarray(a), np.asarray(s, np.float64))
+        if row["sqnr_db"] < row["simulation_sqnr_db"] - SIMULATION_MARGIN_DB:
+            raise QCompileError(f"verification: output '{info.name}' of the integer build is {row['sqnr_db']:.1f} dB "
+                                f"from {runtime}, its float simulation {row['simulation_sqnr_db']:.1f} dB: the integer "
+                                "kernels lose more than quantization does; the build is refused (--no-verify skips "
+                                "this check)")
+
+
 def verify(prepared, backend, compiled, metadata: dict, calib=None) -> dict:
     """What was verified, for the artifact's metadata and the report: the compiled model beside the
     reference runtime on sample inputs, or why it could not run here."""
@@ -108,5 +136,9 @@ def verify(prepared, backend, compiled, metadata: dict, calib=None) -> dict:
     got, why = backend.run_compiled(compiled, arrays, metadata)
     if got is None:
         return {"verified": False, "why": why}
-    return {"verified": True, "quantized": quantized, "samples": int(len(arrays[0])) if arrays and arrays[0].ndim else 1,
-            **compare(imported, got, ref, quantized, runtime)}
+    result = {"verified": True, "quantized": quantized, "samples": int(len(arrays[0])) if arrays and arrays[0].ndim else 1,
+              **compare(imported, got, ref, quantized, runtime)}
+    if quantized and getattr(prepared, "simulated", None) is not None:
+        check_against_simulation(imported, result["outputs"], got, simulation_outputs(prepared, arrays), ref, runtime)
+        result["against_simulation"] = True
+    return result

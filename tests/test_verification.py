@@ -37,6 +37,24 @@ def test_an_int8_build_records_its_agreement_with_float(tmp_path, small_cnn_path
     assert v["verified"] and v["quantized"] and v["samples"] == 8
     assert all(row["sqnr_db"] > 15 for row in v["outputs"]), v  # int8 of a small CNN: tens of dB
     assert "quantized: SQNR" in proc.stdout
+    # checked against its own float simulation: the integer kernels lose no more than quantization
+    assert v["against_simulation"]
+    assert all(row["sqnr_db"] >= row["simulation_sqnr_db"] - 6 and row["sqnr_vs_simulation_db"] > 20 for row in v["outputs"])
+
+
+def test_an_int8_build_far_from_its_simulation_is_refused(tmp_path, small_cnn_path, monkeypatch):
+    """Were the simulation exact, the integer build (tens of dB from float) would lose far more than
+    it: the check that catches a wrong integer kernel or scale refuses it in one line."""
+    from qcompile import verification
+
+    monkeypatch.setattr(verification, "simulation_outputs",
+                        lambda prepared, arrays: verification.reference_outputs(prepared.imported, {"x": arrays[0]})[1])
+    calib = [{"x": np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)}]
+    with pytest.raises(QCompileError, match=r"^verification: output '.*' of the integer build is .* dB from onnxruntime, "
+                                            r"its float simulation inf dB: the integer kernels lose more"):
+        qcompile.build(small_cnn_path, "host", tmp_path / "q.so", input_shapes={"x": [8, 1, 8, 8]}, quantize={},
+                       calib=calib)
+    assert not (tmp_path / "q.so").exists()
 
 
 def test_a_build_that_disagrees_with_the_reference_is_refused_and_leaves_nothing(tmp_path, small_cnn_path,

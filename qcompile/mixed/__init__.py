@@ -19,7 +19,7 @@ def build_mixed(model, target: str = "host", output="model.so", *, input_shapes=
     written as JSON to `config_out` (default: beside the artifact, .precision.json)."""
     prepared = prepare(model, target, input_shapes, None, calib, input_values)
     base = quantize if isinstance(quantize, QuantConfig) else QuantConfig(**(quantize or {}))
-    result, (prepared.mod, prepared.quant_report) = search(prepared, calib, base=base, **options)
+    result, (prepared.mod, prepared.quant_report, prepared.simulated) = search(prepared, calib, base=base, **options)
 
     def write_choice(artifact: Path, meta: dict) -> None:
         write_mixed(result, Path(config_out) if config_out else artifact.with_suffix(".precision.json"))

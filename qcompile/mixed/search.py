@@ -20,7 +20,7 @@ import numpy as np
 from ..backends import backend_for, host_engine
 from ..builder import compile_module
 from ..errors import QCompileError
-from ..quantize import QuantConfig, quantize_module
+from ..quantize import QuantConfig, quantize_and_simulate
 from ..quantize.annotate import annotate, plan
 from ..quantize.calib_data import load_calibration, read_npy
 from ..quantize.calibrate import choose_qparams, collect
@@ -131,7 +131,8 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
         if objective == "latency" and not baseline and timed >= timed_candidates:
             continue
         config = dataclasses.replace(base, precisions=cand["precisions"], progress=False)
-        qmod, report = quantize_module(mod, imported.inputs, batches, config, imported.layer_names, engine=host_engine)
+        qmod, report, simulated = quantize_and_simulate(mod, imported.inputs, batches, config, imported.layer_names,
+                                                        engine=host_engine)
         executable = compile_module(qmod, spec) if objective == "latency" else None
         local = executable is not None and rpc is None  # latency here: the target runs on this machine
         vm = relax.VirtualMachine(executable, tvm.cpu()) if local else host_engine(qmod)
@@ -140,17 +141,17 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
         result.checked.append(checked)
         if drop > max_drop:
             continue
-        within.append((checked, qmod, report))
+        within.append((checked, qmod, report, simulated))
         if objective == "size":
             break
         checked["latency_us"] = device.model_us(executable, [np.asarray(batches[0][n]) for n in names])
         timed += not baseline
     if within:
-        checked, qmod, report = min(within, key=lambda w: w[0].get("latency_us", 0.0))  # size: the first
+        checked, qmod, report, simulated = min(within, key=lambda w: w[0].get("latency_us", 0.0))  # size: the first
         checked["accepted"] = True
         result.precisions = checked["precisions"]
         result.layers = [{"name": l.name, "op": l.op, "group": group_of[l.name], "sensitivity": sens[l.name],
                           objective: cost[l.name], "precision": result.precisions[l.name]} for l in layers]
-        return result, (qmod, report)
+        return result, (qmod, report, simulated)
     raise QCompileError(f"no configuration keeps the {result.metric} drop within {max_drop} points "
                         f"(fp32 everywhere is always a candidate: the budget must be >= 0)")

@@ -5,7 +5,7 @@ QuantConfig in, the quantized module and a per-layer report out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -104,6 +104,16 @@ def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> l
     return rows
 
 
+def quantize_and_simulate(mod, inputs, calib, config: QuantConfig, layer_names=None, *, engine=None):
+    """(quantized module, report dict, simulated module or None): quantize_module, plus the QDQ
+    simulation a static (integer) module was realized from, which its build is checked against."""
+    if config.mode != "static":
+        return (*quantize_module(mod, inputs, calib, config, layer_names, engine=engine), None)
+    simulated, report = quantize_module(mod, inputs, calib, replace(config, mode="simulate"), layer_names, engine=engine)
+    report["config"] = config.describe()
+    return realize(simulated, config.per_channel), report, simulated
+
+
 def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, layer_names=None, *, engine=None):
     """(quantized module, report dict). `inputs` are the model's TensorInfos; `calib` is the
     calibration data and `engine` what runs a module on it (backends.host_engine: a module in, a
@@ -164,5 +174,5 @@ def _check_skips(p: Plan, config: QuantConfig) -> None:
         raise QCompileError(f"--skip-op names unknown op(s) {unknown_ops}; quantizable ops: {', '.join(sorted(ops))}")
 
 
-__all__ = ["QuantConfig", "quantize_module", "PRECISIONS", "half_precision", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
+__all__ = ["QuantConfig", "quantize_module", "quantize_and_simulate", "PRECISIONS", "half_precision", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
            "dynamic_quantize", "METHODS", "ALL_MODES"]
