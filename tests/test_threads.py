@@ -57,6 +57,7 @@ def test_deploy_runner_uses_every_physical_core(small_cnn_path, tmp_path):
     def threads(*flags, **env):
         proc = subprocess.run([*runner, *flags, str(tmp_path / "x.npy")], capture_output=True, text=True, env=_env(**env))
         assert proc.returncode == 0, proc.stderr
+        assert any(line.startswith("thread_pool=") for line in proc.stdout.splitlines())
         return int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("threads=")).split("=")[1])
 
     assert threads() == _lscpu_cores()

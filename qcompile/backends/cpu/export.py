@@ -12,7 +12,7 @@ from ...artifact import CHECKSUM, metadata_source, seal_library
 from ...atomic import atomic_dir, atomic_file, fresh_dir
 from ...targets import TargetSpec
 from ...toolchain import compiler, link_options
-from .runtime import runtime_dir
+from .runtime import PARALLEL_SOURCE, runtime_dir
 
 
 def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) -> Path:
@@ -24,7 +24,7 @@ def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) ->
     try:
         meta_src = work / "qcompile_metadata.cc"
         meta_src.write_text(metadata_source(metadata))
-        fcompile = tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work), add_files=[str(meta_src)])
+        fcompile = tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work), add_files=[str(meta_src), str(PARALLEL_SOURCE)])
         with atomic_file(output) as tmp:
             executable.export_library(str(tmp), fcompile=fcompile, workspace_dir=str(work))
             metadata[CHECKSUM] = seal_library(tmp)

@@ -38,7 +38,43 @@ def load_library(path):
         tmp = copy.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, copy)
-    return tvm.runtime.load_module(str(copy))
+    module = tvm.runtime.load_module(str(copy))
+    _use_artifact_thread_pool(Path(path), copy)
+    return module
+
+
+# artifact path -> ctypes handle of its loaded library, whose parallel-for pool runs its kernels;
+# the handles are kept so the libraries (and their pools' threads) stay mapped
+_POOLS: dict = {}
+
+
+def _use_artifact_thread_pool(path: Path, loaded: Path) -> None:
+    """Replace TVM's thread pool with the artifact's own (runner/qcompile_parallel.cc) for the
+    library TVM has just loaded from `loaded`; an artifact built without one keeps TVM's."""
+    import ctypes
+    import os
+
+    try:
+        lib = ctypes.CDLL(str(loaded), mode=os.RTLD_NOW | os.RTLD_NOLOAD)
+    except OSError:
+        return
+    if not hasattr(lib, "qcompile_use_parallel_pool") or hasattr(lib, "__TVMBackendParallelBarrier"):
+        return  # no pool inside, or a kernel whose chunks must meet at a barrier
+    if lib.qcompile_use_parallel_pool():
+        _POOLS[str(path.resolve())] = lib
+
+
+def thread_pool_stats(path) -> dict | None:
+    """The loaded artifact's own thread pool: its threads, the parallel loops it ran and the chunks
+    the calling thread and its workers ran; None when its kernels run on TVM's pool."""
+    import ctypes
+
+    lib = _POOLS.get(str(Path(path).resolve()))
+    if lib is None:
+        return None
+    counts = (ctypes.c_int64 * 3)()
+    threads = lib.qcompile_parallel_pool_stats(counts)
+    return {"threads": threads, "launches": counts[0], "caller_chunks": counts[1], "worker_chunks": counts[2]}
 
 
 def _flatten(value) -> list[np.ndarray]:

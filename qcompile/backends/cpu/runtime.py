@@ -22,6 +22,8 @@ from ...targets import TargetSpec
 from ...toolchain import compiler, run_checked
 
 RUNNER_SOURCE = Path(__file__).resolve().parent / "runner" / "qcompile_run.cc"
+# linked into every CPU artifact: its parallel-for runtime (see the file)
+PARALLEL_SOURCE = RUNNER_SOURCE.with_name("qcompile_parallel.cc")
 CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))
 RUNTIME_LIBS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so", "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
 PACKAGES = ("apache-tvm", "apache-tvm-ffi")
@@ -94,5 +96,5 @@ def runtime_dir(spec: TargetSpec) -> Path:
         inc = _ffi_include()
         run_checked([cc, "-std=c++17", "-O2", f"-I{inc}", f"-I{inc / 'dlpack'}", str(RUNNER_SOURCE),
                      "-o", str(tmp / "qcompile_run"), f"-L{tmp}", "-Wl,--no-as-needed", "-ltvm_ffi",
-                     "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"], f"building the runner for '{spec.name}'")
+                     "-ltvm_runtime", "-ldl", "-Wl,-rpath,$ORIGIN"], f"building the runner for '{spec.name}'")
     return final

@@ -9,12 +9,14 @@
 // "latency_ms_median=<value>".
 // Kernels run on --threads N threads, else TVM_NUM_THREADS / OMP_NUM_THREADS, else one per
 // physical core this process may run on (TVM's own default is half the logical CPUs on x86,
-// which on a machine without SMT is half its cores). "threads=<n>" is printed.
+// which on a machine without SMT is half its cores). "threads=<n>" is printed, and "thread_pool=qcompile"
+// when the artifact's own pool (qcompile_parallel.cc) runs its parallel loops, else "thread_pool=tvm".
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <dlfcn.h>
 #include <sched.h>
 #include <sys/stat.h>
 
@@ -170,6 +172,18 @@ bool IsCount(const char* value) {
 
 }  // namespace
 
+// The artifact's own parallel-for runtime (qcompile_parallel.cc, linked into it) replaces TVM's
+// thread pool once TVM has loaded the library; an artifact without one keeps TVM's. Returns the
+// pool's qcompile_parallel_pool_stats when it is in use.
+using PoolStats = int (*)(int64_t*);
+PoolStats UseArtifactThreadPool(const std::string& model) {
+  void* handle = dlopen(model.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (handle == nullptr || dlsym(handle, "__TVMBackendParallelBarrier") != nullptr) return nullptr;
+  auto* use = reinterpret_cast<int (*)()>(dlsym(handle, "qcompile_use_parallel_pool"));
+  if (use == nullptr || !use()) return nullptr;
+  return reinterpret_cast<PoolStats>(dlsym(handle, "qcompile_parallel_pool_stats"));
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) Fail("usage: qcompile_run MODEL.so OUT_DIR [--repeat N] [--threads N] IN0.npy [IN1.npy ...]");
   std::string model = argv[1], out_dir = argv[2];
@@ -191,6 +205,7 @@ int main(int argc, char** argv) {
   if (!threads.empty()) setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read by TVM at each parallel launch
   try {
     ffi::Module lib = ffi::Module::LoadFromFile(model);
+    PoolStats pool_stats = UseArtifactThreadPool(model);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
     // (device type, device id, allocator type) for the CPU; 2 is the pooled allocator.
     vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
@@ -215,8 +230,12 @@ int main(int argc, char** argv) {
       std::printf("latency_ms_median=%.4f\n", times[times.size() / 2]);
     }
     std::printf("outputs=%zu\n", outputs.size());
-    if (auto num_threads = ffi::Function::GetGlobal("runtime.NumThreads"))
-      std::printf("threads=%d\n", (*num_threads)().cast<int>());
+    if (pool_stats != nullptr) {
+      int64_t counts[3];
+      std::printf("threads=%d\nthread_pool=qcompile\n", pool_stats(counts));
+    } else if (auto num_threads = ffi::Function::GetGlobal("runtime.NumThreads")) {
+      std::printf("threads=%d\nthread_pool=tvm\n", (*num_threads)().cast<int>());
+    }
   } catch (const std::exception& e) {
     Fail(std::string(model) + ": " + e.what());
   }

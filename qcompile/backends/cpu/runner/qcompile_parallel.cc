@@ -1,0 +1,205 @@
+// The artifact's own parallel-for runtime, linked into every CPU artifact.
+//
+// TVM's generated code runs a parallel loop by calling the function pointer
+// __TVMBackendParallelLaunch(lambda, data, 0); the lambda splits the loop statically into
+// penv->num_task contiguous chunks and runs chunk task_id. TVM's thread pool gives each thread
+// exactly one chunk and waits for all: when another process holds a core, the descheduled thread's
+// chunk finishes a scheduler time slice later, at every parallel loop, and a model of 2 ms took
+// 20 ms on a busy 2-core machine while onnxruntime's pool (where a waiting thread takes over work)
+// lost little. Here the loop is cut into QCOMPILE_CHUNKS chunks per thread, the calling thread and
+// the workers claim chunks from one counter, and the caller never waits for a thread that has not
+// started: a busy core costs at most the chunk it holds.
+//
+// The loaders (qcompile's Python loader, the bundle's qcompile_run) call
+// qcompile_use_parallel_pool() after TVM has loaded the library (TVM sets the pointer to its own
+// pool at load). QCOMPILE_THREAD_POOL=tvm keeps TVM's. Threads: TVM_NUM_THREADS, else
+// OMP_NUM_THREADS, else the CPUs this process may run on.
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+extern "C" {
+typedef struct {
+  void* sync_handle;
+  int32_t num_task;
+} TVMParallelGroupEnv;
+typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
+// weak: a library whose kernels have no parallel loop has no such pointer
+extern void* __TVMBackendParallelLaunch __attribute__((weak));
+}
+
+namespace {
+
+constexpr int kChunksPerThread = 4;
+constexpr int kSpinIterations = 1 << 14;  // a worker's busy wait for the next loop before it sleeps
+
+void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+void futex_wake(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  asm volatile("yield");
+#endif
+}
+
+int thread_count() {
+  for (const char* name : {"TVM_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    const char* value = getenv(name);
+    if (value != nullptr && atoi(value) > 0) return atoi(value);
+  }
+  cpu_set_t cpus;
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) return CPU_COUNT(&cpus) > 0 ? CPU_COUNT(&cpus) : 1;
+  unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+struct Pool {
+  explicit Pool(int threads) : threads(threads) {
+    for (int i = 1; i < threads; ++i) std::thread([this] { Work(); }).detach();
+  }
+
+  // One job at a time; a second caller (another thread of the process) runs its loop alone.
+  std::mutex busy;
+  const int threads;
+  // The job: written by the caller before it publishes the generation, read after a claim.
+  FTVMParallelLambda fn = nullptr;
+  void* cdata = nullptr;
+  std::atomic<int> num_task{0};
+  // (generation << 32) | next chunk: a claim is one compare-exchange, so a late worker can never
+  // take a chunk of a later job under an earlier job's generation.
+  std::atomic<uint64_t> state{0};
+  std::atomic<uint32_t> generation{0};  // futex word the idle workers sleep on
+  std::atomic<int> sleepers{0};
+  std::atomic<uint32_t> done{0};  // chunks finished; futex word the caller sleeps on
+  std::atomic<int> caller_sleeping{0};
+  std::atomic<int> failed{0};
+  // what qcompile_parallel_pool_stats reports: loops launched, chunks run by the caller, by workers
+  std::atomic<int64_t> launches{0}, caller_chunks{0}, worker_chunks{0};
+
+  // Claims and runs chunks of job `gen` until none is left.
+  void RunChunks(uint32_t gen, std::atomic<int64_t>* count) {
+    for (;;) {
+      uint64_t s = state.load(std::memory_order_acquire);
+      if ((s >> 32) != gen) return;
+      uint32_t index = static_cast<uint32_t>(s);
+      int n = num_task.load(std::memory_order_relaxed);
+      if (index >= static_cast<uint32_t>(n)) return;
+      if (!state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
+      TVMParallelGroupEnv env{nullptr, n};
+      if (fn(static_cast<int>(index), &env, cdata) != 0) failed.store(1, std::memory_order_relaxed);
+      count->fetch_add(1, std::memory_order_relaxed);
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == static_cast<uint32_t>(n) &&
+          caller_sleeping.load(std::memory_order_seq_cst)) {
+        futex_wake(&done);
+      }
+    }
+  }
+
+  void Work() {
+    uint32_t seen = 0;
+    for (;;) {
+      int spins = 0;
+      uint32_t gen;
+      while ((gen = generation.load(std::memory_order_acquire)) == seen) {
+        if (++spins < kSpinIterations) {
+          cpu_relax();
+          continue;
+        }
+        sleepers.fetch_add(1, std::memory_order_seq_cst);
+        futex_wait(&generation, seen);
+        sleepers.fetch_sub(1, std::memory_order_seq_cst);
+        spins = 0;
+      }
+      seen = gen;
+      RunChunks(gen, &worker_chunks);
+    }
+  }
+
+  int Launch(FTVMParallelLambda lambda, void* data) {
+    int n = threads * kChunksPerThread;
+    fn = lambda;
+    cdata = data;
+    num_task.store(n, std::memory_order_relaxed);
+    failed.store(0, std::memory_order_relaxed);
+    done.store(0, std::memory_order_relaxed);
+    uint32_t gen = generation.load(std::memory_order_relaxed) + 1;
+    if (gen == 0) gen = 1;  // never the workers' initial `seen`
+    state.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+    generation.store(gen, std::memory_order_seq_cst);
+    if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake(&generation);
+    launches.fetch_add(1, std::memory_order_relaxed);
+    RunChunks(gen, &caller_chunks);
+    for (int spins = 0; done.load(std::memory_order_acquire) != static_cast<uint32_t>(n); ++spins) {
+      if (spins < 1024) {
+        cpu_relax();
+        continue;
+      }
+      // A chunk is still running on a thread that lost its core: sleep until it ends, so the
+      // scheduler may move that thread here.
+      caller_sleeping.store(1, std::memory_order_seq_cst);
+      uint32_t d = done.load(std::memory_order_seq_cst);
+      if (d != static_cast<uint32_t>(n)) futex_wait(&done, d);
+      caller_sleeping.store(0, std::memory_order_seq_cst);
+    }
+    return failed.load(std::memory_order_relaxed) ? -1 : 0;
+  }
+};
+
+Pool* the_pool() {
+  static Pool* pool = new Pool(thread_count());  // never destroyed: its threads outlive main()
+  return pool;
+}
+
+thread_local bool in_loop = false;
+
+int RunSerially(FTVMParallelLambda lambda, void* data) {
+  TVMParallelGroupEnv env{nullptr, 1};
+  return lambda(0, &env, data);
+}
+
+int ParallelLaunch(FTVMParallelLambda lambda, void* data, int /*num_task: TVM passes 0, "the pool's size"*/) {
+  Pool* pool = the_pool();
+  if (pool->threads <= 1 || in_loop) return RunSerially(lambda, data);
+  std::unique_lock<std::mutex> lock(pool->busy, std::try_to_lock);
+  if (!lock.owns_lock()) return RunSerially(lambda, data);
+  in_loop = true;
+  int status = pool->Launch(lambda, data);
+  in_loop = false;
+  return status;
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) int qcompile_use_parallel_pool() {
+  const char* choice = getenv("QCOMPILE_THREAD_POOL");
+  if (choice != nullptr && strcmp(choice, "tvm") == 0) return 0;
+  if (&__TVMBackendParallelLaunch == nullptr) return 0;
+  __TVMBackendParallelLaunch = reinterpret_cast<void*>(&ParallelLaunch);
+  return 1;
+}
+
+// For tests and benchmarks: the pool's thread count, and in out[0..2]
+// the loops it ran in parallel, the chunks the calling thread ran and those its workers ran.
+extern "C" __attribute__((visibility("default"))) int qcompile_parallel_pool_stats(int64_t* out) {
+  Pool* pool = the_pool();
+  out[0] = pool->launches.load();
+  out[1] = pool->caller_chunks.load();
+  out[2] = pool->worker_chunks.load();
+  return pool->threads;
+}
