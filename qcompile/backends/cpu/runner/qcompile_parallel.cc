@@ -14,7 +14,11 @@
 // qcompile_use_parallel_pool() after TVM has loaded the library (TVM sets the pointer to its own
 // pool at load). QCOMPILE_THREAD_POOL=tvm keeps TVM's. Threads: TVM_NUM_THREADS, else
 // OMP_NUM_THREADS, else the CPUs this process may run on.
+//
+// Plain C underneath (pthreads, futexes, header-only atomics, no allocation): the artifact must
+// need nothing beyond libc and libm, so nothing here may pull in libstdc++ or libgcc_s.
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -24,8 +28,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <thread>
 
 extern "C" {
 typedef struct {
@@ -59,24 +61,22 @@ inline void cpu_relax() {
 }
 
 int thread_count() {
-  for (const char* name : {"TVM_NUM_THREADS", "OMP_NUM_THREADS"}) {
+  static const char* const kNames[] = {"TVM_NUM_THREADS", "OMP_NUM_THREADS"};
+  for (const char* name : kNames) {
     const char* value = getenv(name);
     if (value != nullptr && atoi(value) > 0) return atoi(value);
   }
   cpu_set_t cpus;
-  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) return CPU_COUNT(&cpus) > 0 ? CPU_COUNT(&cpus) : 1;
-  unsigned n = std::thread::hardware_concurrency();
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 0) return CPU_COUNT(&cpus);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<int>(n) : 1;
 }
 
+// A global with constant initialization (no constructor runs at load, nothing is destroyed at exit).
 struct Pool {
-  explicit Pool(int threads) : threads(threads) {
-    for (int i = 1; i < threads; ++i) std::thread([this] { Work(); }).detach();
-  }
-
   // One job at a time; a second caller (another thread of the process) runs its loop alone.
-  std::mutex busy;
-  const int threads;
+  std::atomic<int> busy{0};
+  int threads = 1;
   // The job: written by the caller before it publishes the generation, read after a claim.
   FTVMParallelLambda fn = nullptr;
   void* cdata = nullptr;
@@ -161,9 +161,28 @@ struct Pool {
   }
 };
 
+Pool pool;
+pthread_once_t pool_started = PTHREAD_ONCE_INIT;
+
+void* WorkerMain(void*) {
+  pool.Work();
+  return nullptr;
+}
+
+void StartPool() {
+  int threads = thread_count();
+  pool.threads = 1;
+  for (int i = 1; i < threads; ++i) {
+    pthread_t worker;
+    if (pthread_create(&worker, nullptr, WorkerMain, nullptr) != 0) break;  // fewer threads, still correct
+    pthread_detach(worker);
+    pool.threads += 1;
+  }
+}
+
 Pool* the_pool() {
-  static Pool* pool = new Pool(thread_count());  // never destroyed: its threads outlive main()
-  return pool;
+  pthread_once(&pool_started, StartPool);
+  return &pool;
 }
 
 thread_local bool in_loop = false;
@@ -176,11 +195,11 @@ int RunSerially(FTVMParallelLambda lambda, void* data) {
 int ParallelLaunch(FTVMParallelLambda lambda, void* data, int /*num_task: TVM passes 0, "the pool's size"*/) {
   Pool* pool = the_pool();
   if (pool->threads <= 1 || in_loop) return RunSerially(lambda, data);
-  std::unique_lock<std::mutex> lock(pool->busy, std::try_to_lock);
-  if (!lock.owns_lock()) return RunSerially(lambda, data);
+  if (pool->busy.exchange(1, std::memory_order_acquire) != 0) return RunSerially(lambda, data);
   in_loop = true;
   int status = pool->Launch(lambda, data);
   in_loop = false;
+  pool->busy.store(0, std::memory_order_release);
   return status;
 }
 
