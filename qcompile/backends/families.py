@@ -52,6 +52,7 @@ class Family:
     kind: str  # the backend that compiles it: cpu | cuda | vulkan
     int8: Int8Kernel | None = None  # the packed int8 kernel; None: TVM's legalized int8 kernels
     channels_last: bool = False  # int8 convolutions go NHWC before packing (a pixel's channels contiguous)
+    float_lanes: int | None = None  # float32 layers into packed kernels with this many lanes; None: not packed
 
     @property
     def int4_storage(self) -> bool:
@@ -62,14 +63,18 @@ class Family:
 _SDOT = Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot")
 
 FAMILIES = {f.name: f for f in [
-    Family("x86-vnni", "cpu", Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd"), channels_last=True),
-    Family("x86-avx512", "cpu", Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"), channels_last=True),
-    Family("x86-avx2", "cpu", Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"), channels_last=True),
-    Family("arm-dotprod", "cpu", _SDOT, channels_last=True),
+    # float_lanes: float32 values per vector register (AVX-512 16, AVX2 8, NEON 4)
+    Family("x86-vnni", "cpu", Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd"), channels_last=True,
+           float_lanes=16),
+    Family("x86-avx512", "cpu", Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"),
+           channels_last=True, float_lanes=16),
+    Family("x86-avx2", "cpu", Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"), channels_last=True,
+           float_lanes=8),
+    Family("arm-dotprod", "cpu", _SDOT, channels_last=True, float_lanes=4),
     # smmla: 2 pixels x 2 output channels x 8 input channels; sdot where the width is odd
     Family("arm-i8mm", "cpu", Int8Kernel(2, 8, "int8", "qcompile_smmla_2x2x8", "smmla", pixels=2, fallback=_SDOT),
-           channels_last=True),
-    Family("arm-neon", "cpu", Int8Kernel(8, 2, "int16", None, "smlal"), channels_last=True),
+           channels_last=True, float_lanes=4),
+    Family("arm-neon", "cpu", Int8Kernel(8, 2, "int16", None, "smlal"), channels_last=True, float_lanes=4),
     # CUDA: one dp4a per (output channel, 4 input channels); lanes = output channels per thread group.
     # The GPU kernels stay NCHW.
     Family("cuda", "cuda", Int8Kernel(4, 4, "int8", "qcompile_dp4a", "dp4a", tensor_core_matmul_min=64)),

@@ -16,14 +16,24 @@ class CPUBackend(Backend):
     tunable = True
     times_models = True
 
+    def _float_kernel(self):
+        from ..packed.pack import float_kernel
+
+        return float_kernel(self.family.float_lanes) if self.family.float_lanes else None
+
     def relax_passes(self) -> list:
-        kernel = self.family.int8
-        if kernel is None:
-            return []
-        from ..packed.pack import is_eligible, pack_int8_pass
+        from ..packed.pack import is_eligible, is_float_eligible, pack_float_pass, pack_int8_pass
         from .channels_last import channels_last_pass
 
-        return ([channels_last_pass(is_eligible)] if self.family.channels_last else []) + [pack_int8_pass(kernel)]
+        kernel, floating = self.family.int8, self._float_kernel()
+        packed = ([pack_int8_pass(kernel)] if kernel is not None else []) + \
+                 ([pack_float_pass(floating)] if floating is not None else [])
+        if not packed:
+            return []
+
+        def is_packed(call) -> bool:
+            return (kernel is not None and is_eligible(call)) or (floating is not None and is_float_eligible(call))
+        return ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed
 
     def schedule_passes(self, target) -> list:
         from tvm.s_tir.dlight import ApplyDefaultSchedule
@@ -31,7 +41,8 @@ class CPUBackend(Backend):
         from ..packed.schedule import Int8Packed
         from .default_schedule import CPUDefault
 
-        first = [Int8Packed(self.family.int8)] if self.family.int8 is not None else []
+        floating = self._float_kernel()
+        first = [Int8Packed(self.family.int8, floating)] if self.family.int8 is not None or floating else []
         return [ApplyDefaultSchedule(*first, CPUDefault())]
 
     def export(self, compiled, output, metadata: dict):
@@ -113,8 +124,8 @@ class CPUBackend(Backend):
 
         from ..packed.schedule import is_packed_kernel, tuning_space
 
-        if self.family.int8 is not None and is_packed_kernel(task_mod):
-            return tuning_space(self.family.int8)
+        if (self.family.int8 is not None or self.family.float_lanes) and is_packed_kernel(task_mod):
+            return tuning_space(self.family.int8, self._float_kernel())
         return ms.space_generator.PostOrderApply(sch_rules=ms.ScheduleRule.create("llvm"),
                                                  postprocs=ms.Postproc.create("llvm"),
                                                  mutator_probs=ms.Mutator.create("llvm"))

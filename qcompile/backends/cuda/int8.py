@@ -24,7 +24,7 @@ def _bind_flat(sch, block) -> None:
 class Int8PackedGPU(PackedKernelRule):
     target_kind = "cuda"
 
-    def schedule_packed(self, sch, dot):
+    def schedule_packed(self, sch, dot, kernel):
         sch.unannotate(dot, "schedule_rule")
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         index = [sch.get(b).name_hint for b in blocks].index(sch.get(dot).name_hint)
@@ -41,7 +41,7 @@ class Int8PackedGPU(PackedKernelRule):
         sch.reverse_compute_at(acc, oco, preserve_unit_loops=True)
         sch.decompose_reduction(dot, reduce[0])
         if len(reduce) == 4:  # a convolution: kh, kw, c_outer | 4 output lanes x 4 channels, one dp4a per lane
-            sch.tensorize(lane, register(self.kernel.intrin))
+            sch.tensorize(lane, register(kernel.intrin))
         for block in blocks[:index] + [blocks[-1]]:
             _bind_flat(sch, block)
         return sch

@@ -35,14 +35,22 @@ from ..families import Int8Kernel
 RULE = "qcompile_int8_dot"
 KERNEL_NAME = "qcompile_int8_conv"
 DEPTHWISE_NAME = "qcompile_int8_depthwise"
+FLOAT_KERNEL_NAME = "qcompile_f32_conv"
+FLOAT_DEPTHWISE_NAME = "qcompile_f32_depthwise"
+
+
+def float_kernel(lanes: int) -> Int8Kernel:
+    """The packed kernel of float32 layers: `lanes` output channels per vector register (the ISA's
+    float vector), one input channel per multiply-add (LLVM vectorizes the lane loop into FMAs)."""
+    return Int8Kernel(lanes, 1, "float32", None, "fma")
 
 
 def pack_weight(w: np.ndarray, kernel: Int8Kernel) -> np.ndarray:
-    """OIHW int8 -> [OC/lanes, KH, KW, C/kpack, lanes, kpack], zero-padded to whole tiles."""
+    """OIHW (int8 or float32) -> [OC/lanes, KH, KW, C/kpack, lanes, kpack], zero-padded to whole tiles."""
     oc, c, kh, kw = w.shape
     L, KP = kernel.lanes, kernel.kpack
     oco, co = -(-oc // L), -(-c // KP)
-    padded = np.zeros((oco * L, co * KP, kh, kw), np.int8)
+    padded = np.zeros((oco * L, co * KP, kh, kw), w.dtype)
     padded[:oc, :c] = w
     return np.ascontiguousarray(padded.reshape(oco, L, co, KP, kh, kw).transpose(0, 4, 5, 2, 1, 3))
 
@@ -94,6 +102,10 @@ def _at(x, layout: str, i, ch, y, z):
     return x[i, ch, y, z] if layout == "NCHW" else x[i, y, z, ch]
 
 
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith("float")
+
+
 def _pack_input(x, channels: int, padding, act: str, shift: int, layout: str = "NCHW"):
     """x (NCHW or NHWC) -> padded, channels-last, shifted/widened to `act`, channels zero-filled to
     `channels`: a transpose for NCHW, a contiguous copy for NHWC."""
@@ -103,7 +115,8 @@ def _pack_input(x, channels: int, padding, act: str, shift: int, layout: str = "
 
     def packed(i, y, z, ch):
         inside = tirx.all(y >= pt, y < h + pt, z >= pl, z < w + pl, ch < c)
-        value = (_at(x, layout, i, tirx.min(ch, c - 1), y - pt, z - pl).astype("int32") + shift).astype(act)
+        value = _at(x, layout, i, tirx.min(ch, c - 1), y - pt, z - pl)
+        value = value.astype(act) if _is_float(act) else (value.astype("int32") + shift).astype(act)
         return tirx.if_then_else(inside, value, fill)
 
     return te.compute(tuple(map(_i64, (n, h + pt + pb, w + pl + pr, channels))), packed, name="pack_input")
@@ -130,41 +143,45 @@ def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int
     oh = _out_size(h, padding[0] + padding[2], kh, sh, dh)
     ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
     xp = _pack_input(x, co * KP, padding, kernel.act_dtype, shift, layout)
+    acc_dtype = kernel.act_dtype if _is_float(kernel.act_dtype) else "int32"
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     rco, rki = te.reduce_axis((_i64(0), _i64(co)), "co"), te.reduce_axis((_i64(0), _i64(KP)), "ki")
     acc = te.compute(
         tuple(map(_i64, (n, oh, oco, ow, L))),
         lambda i, y, o, z, l: te.sum(
-            xp[i, y * sh + rkh * dh, z * sw + rkw * dw, rco * KP + rki].astype("int32")
-            * wp[o, rkh, rkw, rco, l, rki].astype("int32"),
+            xp[i, y * sh + rkh * dh, z * sw + rkw * dw, rco * KP + rki].astype(acc_dtype)
+            * wp[o, rkh, rkw, rco, l, rki].astype(acc_dtype),
             axis=[rkh, rkw, rco, rki]),
         name="int8_dot", attrs={"schedule_rule": RULE})
     return _unpack(acc, n, out_channels, oh, ow, L, layout, corr)
 
 
 def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
-    """[C, 1, KH, KW] int8 -> [C/lanes, KH, KW, lanes], zero-padded."""
+    """[C, 1, KH, KW] (int8 or float32) -> [C/lanes, KH, KW, lanes], zero-padded."""
     c, _, kh, kw = w.shape
     cb = -(-c // lanes)
-    padded = np.zeros((cb * lanes, kh, kw), np.int8)
+    padded = np.zeros((cb * lanes, kh, kw), w.dtype)
     padded[:c] = w[:, 0]
     return np.ascontiguousarray(padded.reshape(cb, lanes, kh, kw).transpose(0, 2, 3, 1))
 
 
 def packed_depthwise_te(x, wp, *, strides, padding, dilation, layout: str = "NCHW"):
     """Depthwise: each channel its own 2-D filter, `lanes` channels per vector; int16 activations
-    (exact for int8 and uint8 alike, no shift)."""
+    (exact for int8 and uint8 alike, no shift), or float32 throughout."""
     n, c, h, w = _nchw(x.shape, layout)
     cb, kh, kw, L = (int(d) for d in wp.shape)
     (sh, sw), (dh, dw) = strides, dilation
     oh = _out_size(h, padding[0] + padding[2], kh, sh, dh)
     ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
-    xp = _pack_input(x, cb * L, padding, "int16", 0, layout)
+    floating = _is_float(str(wp.dtype))
+    act, acc_dtype = (str(wp.dtype), str(wp.dtype)) if floating else ("int16", "int32")
+    xp = _pack_input(x, cb * L, padding, act, 0, layout)
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     acc = te.compute(
         tuple(map(_i64, (n, oh, cb, ow, L))),
         lambda i, y, o, z, l: te.sum(
-            xp[i, y * sh + rkh * dh, z * sw + rkw * dw, o * L + l].astype("int32") * wp[o, rkh, rkw, l].astype("int32"),
+            xp[i, y * sh + rkh * dh, z * sw + rkw * dw, o * L + l].astype(acc_dtype)
+            * wp[o, rkh, rkw, l].astype(acc_dtype),
             axis=[rkh, rkw]),
         name="int8_dot", attrs={"schedule_rule": RULE})
     return _unpack(acc, n, c, oh, ow, L, layout)
@@ -185,10 +202,10 @@ def emit_matmul_as_conv(bb, x, w: np.ndarray, name: str, emit_conv):
 LAYOUTS = {("NCHW", "OIHW", "NCHW"): "NCHW", ("NHWC", "OHWI", "NHWC"): "NHWC"}  # (data, kernel, out) -> ours
 
 
-def _conv_args(call) -> dict | None:
+def _conv_args(call, out_dtypes=("int32",)) -> dict | None:
     a = call.attrs
     layout = LAYOUTS.get((a.data_layout, a.kernel_layout, a.out_layout))
-    if layout is None or str(a.out_dtype) != "int32":
+    if layout is None or str(a.out_dtype) not in out_dtypes:
         return None
     return {"strides": [int(s) for s in a.strides], "padding": [int(p) for p in a.padding],
             "dilation": [int(d) for d in a.dilation], "layout": layout}
@@ -209,6 +226,15 @@ def is_eligible(call) -> bool:
     x, w = call.args[0], call.args[1]
     return (tensor_dtype(x) in ("int8", "uint8") and is_const(w) and tensor_dtype(w) == "int8"
             and all(isinstance(d, tirx.IntImm) for d in x.ty.shape.values))
+
+
+def is_float_eligible(call) -> bool:
+    x, w = call.args[0], call.args[1]
+    return (tensor_dtype(x) == "float32" and is_const(w) and tensor_dtype(w) == "float32"
+            and all(isinstance(d, tirx.IntImm) for d in x.ty.shape.values))
+
+
+FLOAT_OUT = ("float32", "None", "void", "")  # a float convolution's out_dtype: float32, or unset (its input's)
 
 
 def _emit_packed(bb, x, weight_oihw: np.ndarray, conv: dict, kernel: Int8Kernel, name: str):
@@ -249,6 +275,47 @@ def _rule(kernel: Int8Kernel):
         return emit_as_is(bb, var, value)
 
     return rule
+
+
+def _float_rule(kernel: Int8Kernel):
+    def emit_conv(bb, x, weight_oihw: np.ndarray, conv: dict, name: str):
+        te_func = functools.partial(packed_conv_te, corr=None, out_channels=weight_oihw.shape[0], kernel=kernel,
+                                    shift=0, **conv)
+        return bb.emit_te(te_func, x, relax.const(pack_weight(weight_oihw, kernel), "float32"),
+                          primfunc_name_hint=FLOAT_KERNEL_NAME, name_hint=name)
+
+    def rule(bb, var, value):
+        name = op_name(value)
+        if name == "nn.conv2d" and is_float_eligible(value) and (conv := _conv_args(value, FLOAT_OUT)) is not None:
+            if int(value.attrs.groups) == 1:
+                return emit_conv(bb, value.args[0], _weight_oihw(value, conv), conv, var.name)
+            if _is_depthwise(value, conv):
+                wp = pack_depthwise_weight(_weight_oihw(value, conv), kernel.lanes)
+                return bb.emit_te(functools.partial(packed_depthwise_te, **conv), value.args[0],
+                                  relax.const(wp, "float32"), primfunc_name_hint=FLOAT_DEPTHWISE_NAME,
+                                  name_hint=var.name)
+        if name == "matmul" and is_float_eligible(value) and str(value.attrs.out_dtype) in FLOAT_OUT:
+            x, w = value.args[0], const_value(value.args[1])
+            if len(x.ty.shape.values) == 2 and w.ndim == 2:
+                conv = {**ONE_BY_ONE, "layout": "NCHW"}
+                return emit_matmul_as_conv(bb, x, w, var.name, lambda bb, x4, w4, name: emit_conv(bb, x4, w4, conv, name))
+        return emit_as_is(bb, var, value)
+
+    return rule
+
+
+def pack_float_pass(kernel: Int8Kernel):
+    """float32 convolutions and matmuls with constant weights into packed kernels (float_kernel):
+    weights packed at compile time, `lanes` output channels per vector, a register tile of pixels."""
+
+    @tvm.transform.module_pass(opt_level=0, name="qcompile.PackFloat")
+    def _pass(mod, _ctx):
+        if not any(op_name(v) in ("nn.conv2d", "matmul") and is_float_eligible(v)
+                   for block in mod["main"].body.blocks for v in (b.value for b in block.bindings)):
+            return mod
+        return rewrite_main(mod, _float_rule(kernel))
+
+    return _pass
 
 
 def pack_int8_pass(kernel: Int8Kernel):

@@ -15,6 +15,9 @@ from .intrinsics import register
 from .pack import RULE
 
 MAX_TILE = 8  # pixels per register block: 8 accumulators of one vector each
+# Fewer (image rows x row tiles) than this and the output-channel blocks are parallel as well: a
+# 7x7 layer or a matmul of one row would otherwise leave cores idle (or run on one).
+MIN_PARALLEL_TILES = 16
 
 
 def default_tile(width: int, pixels: int = 1) -> int:
@@ -51,6 +54,8 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     outer_reduce, inner_reduce = (reduce, []) if depthwise else (reduce[:3], reduce[3:])
     sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, *pixel_loops, lane, *inner_reduce)
     outer = sch.fuse(n, oh, ow_outer)
+    if (loop_extent(sch, outer) or 0) < MIN_PARALLEL_TILES:  # a small image (or a matmul's one row):
+        outer = oco = sch.fuse(outer, oco)  # the output-channel blocks run in parallel too
     parallel_if_worth_it(sch, outer, work)
     acc = sch.cache_write(dot, 0, "local")
     sch.reverse_compute_at(acc, oco, preserve_unit_loops=True)  # a stable loop count for replayed traces
@@ -95,39 +100,50 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     return sch
 
 
-class PackedKernelRule(TargetRule):
-    """A rule for the kernels a family's pack pass produced (any other kernel is left to the next rule)."""
+def kernel_of(sch, dot, int8: Int8Kernel | None, floating: Int8Kernel | None) -> Int8Kernel | None:
+    """The family's kernel a packed dot block was made for: the float one for a float accumulator."""
+    return floating if str(sch.get(dot).writes[0].source.dtype).startswith("float") else int8
 
-    def __init__(self, kernel: Int8Kernel):
+
+class PackedKernelRule(TargetRule):
+    """A rule for the kernels a family's pack passes produced (any other kernel is left to the next
+    rule): `kernel` for the int8 ones, `float_kernel` (pack.float_kernel) for the float32 ones."""
+
+    def __init__(self, kernel: Int8Kernel | None, float_kernel: Int8Kernel | None = None):
         self.kernel = kernel
+        self.float_kernel = float_kernel
 
     def schedule(self, func, target, _tunable):
         sch = s_tir.Schedule(func)
         dot = find_dot_block(sch)
-        return None if dot is None else self.schedule_packed(sch, dot)
+        if dot is None:
+            return None
+        kernel = kernel_of(sch, dot, self.kernel, self.float_kernel)
+        return None if kernel is None else self.schedule_packed(sch, dot, kernel)
 
-    def schedule_packed(self, sch, dot):
+    def schedule_packed(self, sch, dot, kernel: Int8Kernel):
         raise NotImplementedError
 
 
 class Int8Packed(PackedKernelRule):
     """Default CPU schedule (dlight rule) of the packed kernels."""
 
-    def schedule_packed(self, sch, dot):
+    def schedule_packed(self, sch, dot, kernel: Int8Kernel):
         loops = sch.get_loops(dot)
         width = loop_extent(sch, loops[3])
-        pixels = 1 if len(loops) == 7 else self.kernel.for_tile(loop_extent(sch, loops[4]), loop_extent(sch, loops[-1])).pixels
-        return schedule_kernel(sch, dot, self.kernel, default_tile(width, pixels))
+        pixels = 1 if len(loops) == 7 else kernel.for_tile(loop_extent(sch, loops[4]), loop_extent(sch, loops[-1])).pixels
+        return schedule_kernel(sch, dot, kernel, default_tile(width, pixels))
 
 
-def tuning_space(kernel: Int8Kernel):
+def tuning_space(kernel: Int8Kernel | None, float_kernel: Int8Kernel | None = None):
     """MetaSchedule's design space for a packed kernel: this schedule with the row tile sampled.
     Its own space generator (not a custom rule inside PostOrderApply): the generic rules would
     then re-parallelize the loops it marked, which MetaSchedule's postprocessor rejects."""
     from tvm.s_tir import meta_schedule as ms
 
     def space(sch):
-        schedule_kernel(sch, find_dot_block(sch), kernel, None)
+        dot = find_dot_block(sch)
+        schedule_kernel(sch, dot, kernel_of(sch, dot, kernel, float_kernel), None)
         return sch
 
     return ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[ms.postproc.DisallowDynamicLoop()],
