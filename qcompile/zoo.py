@@ -131,22 +131,32 @@ def fetch(name: str) -> Path:
     return _export_mtcnn(model, raw, folder / f"{name}.pt2")
 
 
-def _export_mtcnn(model: ZooModel, weights: Path, dest: Path) -> Path:
-    """facenet-pytorch's own network definition (its mtcnn.py, read from the wheel; the detection
-    helpers it imports need torchvision and are left out) with the wheel's weights, exported."""
-    if dest.is_file():
-        return dest
+def torch_module(name: str):
+    """The float torch.nn.Module of a torch zoo entry (eval mode, the wheel's weights): facenet-pytorch's
+    own network definition (its mtcnn.py, read from the wheel; the detection helpers it imports need
+    torchvision and are left out). Returns (module, example input shape)."""
     import torch
 
+    model = ZOO[name]
+    weights = _extract(model.wheel, model.member, cache_dir() / "models" / f"{name}{Path(model.member).suffix}")
     with zipfile.ZipFile(_wheel(model.wheel)) as wheel:
         source = wheel.read("facenet_pytorch/models/mtcnn.py").decode()
     source = source.replace("from .utils.detect_face import detect_face, extract_face\n", "")
     namespace: dict = {"__name__": "facenet_pytorch_mtcnn"}
     exec(compile(source, "facenet_pytorch/models/mtcnn.py", "exec"), namespace)  # noqa: S102 - pinned wheel
-    cls, shape = _MTCNN[model.name]
+    cls, shape = _MTCNN[name]
     net = namespace[cls](pretrained=False)
     net.load_state_dict(torch.load(weights, weights_only=True))
-    net.eval()
+    return net.eval(), shape
+
+
+def _export_mtcnn(model: ZooModel, weights: Path, dest: Path) -> Path:
+    """The torch entry's module (torch_module), exported with torch.export and saved."""
+    if dest.is_file():
+        return dest
+    import torch
+
+    net, shape = torch_module(model.name)
     program = torch.export.export(net, (torch.zeros(shape),))
     dest.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # torch.export.save wants a name ending in .pt2, not atomic_file's temporary one
