@@ -50,15 +50,20 @@ def quantize_step(mod, imported, quantize, calib):
 def prepare(model, target: str, input_shapes=None, quantize=None, calib=None, input_values=None) -> Prepared:
     """Model file -> the Relax module a build compiles (and tuning tunes): imported, simplified,
     quantized when asked."""
-    import tvm
-
     spec = get_target(target)
     backend_for(spec)  # an unknown schedule family fails before minutes of work
     compiler(spec)  # and so does a missing toolchain
-    imported = load_model(model, input_shapes, input_values)
-    float_mod = tvm.transform.Sequential(float_passes())(imported.mod)
+    imported, float_mod = import_float(model, input_shapes, input_values)
     mod, quant_report, simulated = quantize_step(float_mod, imported, quantize, calib)
     return Prepared(spec, imported, float_mod, mod, quant_report, simulated)
+
+
+def import_float(model, input_shapes=None, input_values=None):
+    """(imported model, its Relax module after the float passes)."""
+    import tvm
+
+    imported = load_model(model, input_shapes, input_values)
+    return imported, tvm.transform.Sequential(float_passes())(imported.mod)
 
 
 def compile_module(mod, spec, records=None):

@@ -1,4 +1,4 @@
-"""The `qcompile` command: build, run, inspect, targets, demo. Errors print as one line, exit 2."""
+"""The `qcompile` command: build, tune, debug, run, inspect, targets, demo. Errors print as one line, exit 2."""
 
 from __future__ import annotations
 
@@ -109,6 +109,22 @@ def verification_line(v: dict) -> str:
     return line
 
 
+def cmd_debug(args) -> None:
+    from .debug import debug
+    from .debug_report import layer_table
+
+    if args.top < 1:
+        raise QCompileError(f"--top {args.top}: show at least one layer")
+    result = debug(args.model, args.calib, quantize=_quantize(args), input_shapes=_shapes(args.input_shape),
+                   input_values=_values(args.input_value), json=args.json, plot=args.plot,
+                   progress=sys.stderr.isatty())
+    print(layer_table(result, args.top))
+    print(result.summary())
+    for path in (args.json, args.plot):
+        if path:
+            print(f"wrote {path}")
+
+
 def cmd_tune(args) -> None:
     from .tuning import tune
 
@@ -214,15 +230,31 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--seed", type=int, default=0)
     _quantization_args(tu)
     tu.set_defaults(func=cmd_tune)
+    _debug_command(sub)
     _other_commands(sub)
     return p
 
 
-def _quantization_args(parser_) -> None:
+def _debug_command(sub) -> None:
+    d = sub.add_parser("debug", help="per-layer quantization error: which layer costs the accuracy, and what helps")
+    d.add_argument("model", help="model file: .onnx, .tflite or torch.export .pt2")
+    d.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,..", help="fix an input's shape (repeatable)")
+    d.add_argument("--input-value", action="append", metavar="NAME=V[,V..]", help="freeze an input to a constant (repeatable)")
+    _quantization_args(d, search=False)
+    o = d.add_argument_group("output")
+    o.add_argument("--json", metavar="JSON", help="write every layer's measurements and suggestion")
+    o.add_argument("--plot", metavar="PNG", help="write per-layer SQNR bars (alone, in the full model)")
+    o.add_argument("--top", type=int, default=10, metavar="N", help="how many of the worst layers to print (default 10)")
+    d.set_defaults(func=cmd_debug, quantize="int8")
+
+
+def _quantization_args(parser_, search: bool = True) -> None:
+    """The quantization flags of build and tune; without `search`, those of one int8 configuration."""
     q = parser_.add_argument_group("quantization")
-    q.add_argument("--quantize", choices=["int8", "mixed"],
-                   help="int8: quantize every layer (pre-quantized QDQ models need no flag); mixed: search "
-                        "int4/int8/fp16/fp32 per layer under --max-accuracy-drop")
+    if search:
+        q.add_argument("--quantize", choices=["int8", "mixed"],
+                       help="int8: quantize every layer (pre-quantized QDQ models need no flag); mixed: search "
+                            "int4/int8/fp16/fp32 per layer under --max-accuracy-drop")
     q.add_argument("--mode", default="static", choices=["static", "simulate", "dynamic", "weight-only"],
                    help="static: integer kernels from calibration (default); simulate: fake-quant in float; "
                         "dynamic / weight-only: int8 matmul weights, no calibration")
@@ -241,6 +273,8 @@ def _quantization_args(parser_) -> None:
     q.add_argument("--skip-op", action="append", metavar="OP", help="keep every op of this kind in float, e.g. add")
     q.add_argument("--precision-config", metavar="JSON", help="per-layer precisions written by --quantize mixed "
                    "(with --quantize int8: rebuild that choice without searching)")
+    if not search:
+        return
     m = parser_.add_argument_group("mixed precision (--quantize mixed)")
     m.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="POINTS",
                    help="largest drop of top-1 (percentage points) on the calibration data (default 0.5)")

@@ -11,6 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qcompile"
 
 LAYER_1 = {"errors", "atomic", "threads", "targets", "toolchain", "artifact", "ir", "ops", "layers", "examples", "zoo"}
 LAYER_2 = {"frontends", "passes", "quantize", "backends", "records", "peer"}
+LAYER_3 = {"api", "builder", "cli", "debug", "debug_report", "demo", "execute", "mixed", "report", "session", "tuning",
+           "verification"}
 
 
 def module_name(path: Path) -> str:
@@ -75,6 +77,12 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (cycle := visit(node)):
             return cycle
     return None
+
+
+def test_every_module_is_placed_in_one_layer():
+    tops = {name.split(".")[1] for name in modules() if "." in name}
+    assert tops == LAYER_1 | LAYER_2 | LAYER_3
+    assert not (LAYER_1 & LAYER_2 or LAYER_2 & LAYER_3 or LAYER_1 & LAYER_3)
 
 
 def test_the_reader_sees_function_local_and_relative_imports():

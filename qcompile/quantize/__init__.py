@@ -19,7 +19,7 @@ from .dynamic import MODES as DYNAMIC_MODES
 from .dynamic import dynamic_quantize
 from .half import half_precision
 from .insert_qdq import insert_qdq, weight_axis
-from .params import QParams, weight_qparams
+from .params import QParams, activation_qparams, weight_qparams
 from .ranges import METHODS
 from .realize import realize
 
@@ -39,6 +39,8 @@ class QuantConfig:
     skip_layers: frozenset = field(default_factory=frozenset)
     skip_ops: frozenset = field(default_factory=frozenset)
     precisions: dict = field(default_factory=dict)  # layer -> int4 | int8 | fp16 | fp32; others int8
+    # activation ranges fixed by hand, (lo, hi) by site or layer name (a layer's is its output's): calibration's are replaced
+    ranges: dict = field(default_factory=dict)
     progress: bool = True
 
     def check(self) -> None:
@@ -64,6 +66,8 @@ class QuantConfig:
                      "bias_correction": self.bias_correction}
         if self.precisions:
             described["precisions"] = dict(self.precisions)
+        if self.ranges:
+            described["ranges"] = {site: [float(lo), float(hi)] for site, (lo, hi) in self.ranges.items()}
         return described
 
 
@@ -126,6 +130,33 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
         report["layers"] = [{"name": n, "op": "matmul", "precision": f"int8 ({config.mode})"}
                             for n in _matmul_names(mod, layer_names) if n not in config.skip_layers]
         return out, report
+    c = calibrate_model(mod, inputs, calib, config, layer_names, engine=engine)
+    half = {c.compute_var[n] for n, prec in config.precisions.items() if prec == "fp16" and n in c.compute_var}
+    # fp16 before realize: it renames the float bindings it re-emits
+    simulated = half_precision(insert_qdq(c.annotated, c.qparams, config.per_channel, c.means, c.weight_bits), half)
+    report["layers"] = _report(mod, c.plan, c.qparams, config)
+    report["calibration_batches"] = len(c.batches)
+    if config.mode == "simulate":
+        return simulated, report
+    return realize(simulated, config.per_channel), report
+
+
+@dataclass
+class Calibrated:
+    """The static quantizer up to its parameters: what insert_qdq needs, and what it was chosen from."""
+    float_mod: object  # the module the plan's variables belong to
+    batches: list[dict]
+    plan: Plan
+    annotated: object  # the float module with observe markers
+    observers: dict  # site -> HistogramObserver
+    qparams: dict  # site -> QParams
+    means: dict | None  # site -> mean calibration batch (bias correction), None without it
+    compute_var: dict  # compute layer name -> the name of its op's binding
+    weight_bits: dict  # compute bindings (by name) with 4-bit weights
+
+
+def calibrate_model(mod, inputs, calib, config: QuantConfig, layer_names=None, *, engine=None) -> Calibrated:
+    """Plan, annotate and calibrate `mod` for the static and simulate modes of `config`."""
     if calib is None:
         raise QCompileError(f"--quantize int8 ({config.mode}) needs calibration data (--calib)")
     if engine is None:
@@ -134,20 +165,29 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     policy = Policy(config.float_layers(), frozenset(config.skip_ops))
     p = plan(mod, layer_names, policy)
     _check_skips(p, config)
+    fixed = _fixed_ranges(config, p)
     annotated = annotate(mod, planned=p)
     observers = collect(annotated, batches, [t.name for t in inputs], engine, config.progress)
     qparams = choose_qparams(observers, config.method, config.percentile, config.symmetric)
+    qparams.update({site: activation_qparams(lo, hi, config.symmetric) for site, (lo, hi) in fixed.items()})
     means = {site: obs.mean_batch for site, obs in observers.items()} if config.bias_correction else None
     compute_var = {n.name: str(n.members[0].name) for n in p.nodes if n.kind == "compute"}
     int4 = {compute_var[n]: 4 for n, prec in config.precisions.items() if prec == "int4" and n in compute_var}
-    half = {compute_var[n] for n, prec in config.precisions.items() if prec == "fp16" and n in compute_var}
-    # fp16 before realize: it renames the float bindings it re-emits
-    simulated = half_precision(insert_qdq(annotated, qparams, config.per_channel, means, int4), half)
-    report["layers"] = _report(mod, p, qparams, config)
-    report["calibration_batches"] = len(batches)
-    if config.mode == "simulate":
-        return simulated, report
-    return realize(simulated, config.per_channel), report
+    return Calibrated(mod, batches, p, annotated, observers, qparams, means, compute_var, int4)
+
+
+def _fixed_ranges(config: QuantConfig, p: Plan) -> dict:
+    """config.ranges by site name (a layer's name stands for its output's site)."""
+    sites = set(p.sites.values())
+    fixed = {}
+    for name, (lo, hi) in config.ranges.items():
+        site = name if name in sites else f"{name}.out"
+        if site not in sites:
+            shown = ", ".join(sorted(sites)[:8])
+            raise QCompileError(f"a fixed range names '{name}', which is no quantized tensor or layer output; "
+                                f"tensors include: {shown}")
+        fixed[site] = (lo, hi)
+    return fixed
 
 
 def _matmul_names(mod, layer_names) -> list[str]:
@@ -174,5 +214,5 @@ def _check_skips(p: Plan, config: QuantConfig) -> None:
         raise QCompileError(f"--skip-op names unknown op(s) {unknown_ops}; quantizable ops: {', '.join(sorted(ops))}")
 
 
-__all__ = ["QuantConfig", "quantize_module", "quantize_and_simulate", "PRECISIONS", "half_precision", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
+__all__ = ["QuantConfig", "Calibrated", "calibrate_model", "quantize_module", "quantize_and_simulate", "PRECISIONS", "half_precision", "has_qdq", "realize", "annotate", "plan", "insert_qdq",
            "dynamic_quantize", "METHODS", "ALL_MODES"]

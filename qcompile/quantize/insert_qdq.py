@@ -69,13 +69,22 @@ def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input
     """The InsertQDQ pass. With `input_means` (site -> mean calibration sample) it also corrects
     each layer's bias for the mean error its quantized weights cause (Nagel et al., 2019).
     `weight_bits`: compute bindings (by variable name) whose weights take fewer than 8 bits."""
+    return rewrite_main(mod, qdq_rule(qparams, per_channel, input_means, weight_bits))
+
+
+def qdq_rule(qparams: dict[str, QParams], per_channel: bool = True, input_means: dict | None = None,
+             weight_bits: dict[str, int] | None = None, switches=None):
+    """insert_qdq's rewrite rule (for rewrite_main). `switches` (layer_errors.Switches) turns each
+    quantize/dequantize pair, quantized weight and bias correction into a blend of the float and
+    the quantized value by a scalar input, so one module runs any subset of them quantized."""
     quantized: set = set()
     mean_of: dict = {}  # var -> its mean calibration sample, where known
 
     def rule(bb, var, value):
         site = observe_site(value)
         if site is not None:
-            out = bb.emit(qdq(value.args[1], qparams[site]), f"{var.name}_qdq")
+            x, fake = value.args[1], qdq(value.args[1], qparams[site])
+            out = bb.emit(fake if switches is None else switches.activation(site, x, fake), f"{var.name}_qdq")
             quantized.add(out)
             if (input_means or {}).get(site) is not None:
                 mean_of[out] = input_means[site]
@@ -94,13 +103,18 @@ def insert_qdq(mod, qparams: dict[str, QParams], per_channel: bool = True, input
                 wq = fake_quantize_weight(op, w, per_channel, bits, value.attrs)
                 w_expr = relax.const(wq) if bits == 8 else bb.emit(dequantized_weight(op, w, per_channel, bits, value.attrs),
                                                                      f"{var.name}_weight")
+                if switches is not None:
+                    w_expr = bb.emit(switches.weight(str(var.name), relax.const(w), w_expr), f"{var.name}_switched")
                 args = [value.args[0], w_expr, *value.args[2:]]
                 value = relax.Call(value.op, args, value.attrs, value.ty_args)
                 mean = mean_of.get(value.args[0])
                 shift = output_shift(op, value, wq.astype(np.float64) - w, mean) if mean is not None else None
                 if shift is not None:
                     out = bb.emit(value, str(var.name))
-                    return bb.emit(R.subtract(out, relax.const(shift.astype("float32"))), f"{var.name}_corrected")
+                    correction = relax.const(shift.astype("float32"))
+                    if switches is not None:
+                        correction = switches.correction(str(var.name), correction)
+                    return bb.emit(R.subtract(out, correction), f"{var.name}_corrected")
         return emit_as_is(bb, var, value)
 
-    return rewrite_main(mod, rule)
+    return rule
