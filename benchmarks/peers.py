@@ -252,17 +252,18 @@ def qcompile_runtimes(entry: Entry, batch: int, path: Path, feed: dict, calib: l
     variants = [("qcompile fp32", None), ("qcompile int8", {"progress": False})]
     for label, quantize in variants:
         out = WORK / f"{entry.name}-b{batch}-{label.split()[1]}.so"
-        seconds_file = out.with_suffix(".seconds")
+        seconds_file = out.with_suffix(".seconds.json")
         if reuse and out.is_file() and seconds_file.is_file():  # an earlier run's build (--reuse)
-            seconds = float(seconds_file.read_text())
+            seconds, split = json.loads(seconds_file.read_text())
         else:
             t0 = time.perf_counter()
-            qcompile.build(path, "host", out, input_shapes=shapes, input_values=entry.input_values,
-                           quantize=quantize, calib=calib if quantize else None)
-            seconds = time.perf_counter() - t0
-            seconds_file.write_text(f"{seconds:.2f}")
+            result = qcompile.build(path, "host", out, input_shapes=shapes, input_values=entry.input_values,
+                                    quantize=quantize, calib=calib if quantize else None)
+            seconds, split = time.perf_counter() - t0, result.seconds
+            seconds_file.write_text(json.dumps([seconds, split]))
         session = qcompile.load(out)
         found.append(Runtime(label, _session_call(session, feed), list(session(feed).values()), seconds))
+        found[-1].split = split  # the build's seconds by stage (qcompile/timing.py)
         if quantize and tune_trials:
             from qcompile.tuning import tune
 
@@ -418,6 +419,7 @@ def write(cases: list[dict], args, seconds: float) -> None:
             lines += [f"| {c['entry'].name} | {r.name} | {r.ms:.3f} | {r.busy_ms:.3f} | {r.busy_ms / r.ms:.1f}x |"
                       for r in c["runtimes"] if hasattr(r, "busy_ms")]
         lines.append("")
+    lines += build_split(cases)
     for case in cases:
         lines += [f"## {case['entry'].name}, batch {case['batch']}", "",
                   "| runtime | median ms | vs best peer | SQNR vs float | build / quantize s | note |",
@@ -437,12 +439,32 @@ def write(cases: list[dict], args, seconds: float) -> None:
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     rows = [{"model": c["entry"].name, "batch": c["batch"], "ratios": c["ratios"], "errors": c["errors"],
              "runtimes": [{"name": r.name, "ms": r.ms, "rounds_ms": r.rounds, "seconds": r.seconds,
-                           "busy_ms": getattr(r, "busy_ms", None), "sqnr_db": r.agreement["sqnr_db"], "note": r.note}
+                           "busy_ms": getattr(r, "busy_ms", None), "sqnr_db": r.agreement["sqnr_db"], "note": r.note,
+                           "build_split_s": getattr(r, "split", None)}
                           for r in c["runtimes"]]}
             for c in cases]
     (RESULTS / f"{stem}.json").write_text(json.dumps({"cpu": cpu_flags(), "rows": rows}, indent=1, default=str) + "\n")
     plot(cases, RESULTS / f"{stem}.png")
     print("\n".join(lines))
+
+
+def build_split(cases: list[dict]) -> list[str]:
+    """Where each qcompile int8 build's seconds went, by stage (the build's own timing.py record)."""
+    builds = [(c, r) for c in cases for r in c["runtimes"] if r.name == "qcompile int8" and getattr(r, "split", None)]
+    if not builds:
+        return []
+    stages = list(dict.fromkeys(k for _, r in builds for k in r.split))
+    lines = ["## Where an int8 build's time goes", "",
+             "Seconds per stage of each qcompile int8 build (`qcompile build` prints the same split). "
+             "*calibration/simulation compiles*: the float model with calibration taps, and the fake-quantized "
+             "model the integer build is checked against, each compiled for this machine; *export* links the "
+             "library (TVM writes its object code once; the verified library and the artifact are both linked "
+             "from it).", "",
+             "| model | batch | total s | " + " | ".join(stages) + " |", "|---|---:|---:|" + "---:|" * len(stages)]
+    for c, r in builds:
+        cells = " | ".join(f"{r.split.get(k, 0.0):.1f}" for k in stages)
+        lines.append(f"| {c['entry'].name} | {c['batch']} | {sum(r.split.values()):.1f} | {cells} |")
+    return lines + [""]
 
 
 def plot(cases: list[dict], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Where a build's time goes: every fused kernel of a model, scheduled as the build schedules it,
+"""Where a model's latency goes: every fused kernel of a model, scheduled as the build schedules it,
 compiled alone and timed on this CPU (TVM's time evaluator, random inputs), sorted by time.
 
     python benchmarks/profile_kernels.py MODEL [--quantize] [--input-shape NAME:D0,D1,...] [--top 15]
@@ -54,14 +54,17 @@ def main() -> None:
     if args.zoo:
         spec = zoo.ZOO[args.zoo]
         model, shapes, values = zoo.fetch(args.zoo), {**spec.input_shapes, **shapes}, spec.input_values
-        if args.quantize:
-            from qcompile.frontends import load_model
-
-            calib = zoo.samples(args.zoo, load_model(model, shapes or None, values or None).inputs, 4)
     elif args.model:
         model = args.model
     else:
         sys.exit("give a model file or --zoo NAME")
+    if args.quantize:
+        from qcompile.frontends import load_model
+
+        inputs = load_model(model, shapes or None, values or None).inputs
+        calib = (zoo.samples(args.zoo, inputs, 4) if args.zoo else
+                 [{t.name: a for t, a in zip(inputs, random_arrays([(t.shape, t.dtype) for t in inputs], seed))}
+                  for seed in range(4)])
     rows = profile(model, args.target, shapes or None, values or None, {"progress": False} if args.quantize else None,
                    calib)
     total = sum(r["us"] for r in rows)

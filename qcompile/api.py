@@ -6,6 +6,7 @@ from __future__ import annotations
 from .atomic import check_writable
 from .builder import BuildResult
 from .builder import build as build_with_config
+from .timing import record
 
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
@@ -25,11 +26,16 @@ def build(model, target: str = "host", output="model.so", *, input_shapes: dict 
             check_writable(path)
     if bundle is not None:
         check_writable(bundle, folder=True)
-    if mixed is None:
-        return build_with_config(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
-                                 calib=calib, report=report, records=records, verify=verify,
-                                 input_values=input_values)
-    from .mixed import build_mixed
+    with record() as seconds:
+        if mixed is None:
+            result = build_with_config(model, target, output, input_shapes=input_shapes, bundle=bundle,
+                                       quantize=quantize, calib=calib, report=report, records=records, verify=verify,
+                                       input_values=input_values)
+        else:
+            from .mixed import build_mixed
 
-    return build_mixed(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
-                       calib=calib, report=report, records=records, verify=verify, input_values=input_values, **mixed)
+            result = build_mixed(model, target, output, input_shapes=input_shapes, bundle=bundle, quantize=quantize,
+                                 calib=calib, report=report, records=records, verify=verify,
+                                 input_values=input_values, **mixed)
+    result.seconds = seconds
+    return result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import backend_for, host_engine
@@ -11,6 +11,7 @@ from .frontends import load_model
 from .passes import float_passes
 from .report import build_metadata, write_report
 from .targets import get_target
+from .timing import current, stage
 from .toolchain import compiler
 
 
@@ -19,6 +20,7 @@ class BuildResult:
     artifact: Path
     bundle: Path | None
     metadata: dict
+    seconds: dict = field(default_factory=dict)  # the build's time by stage (timing.py), set by api.build
 
 
 @dataclass
@@ -54,7 +56,8 @@ def prepare(model, target: str, input_shapes=None, quantize=None, calib=None, in
     backend_for(spec)  # an unknown schedule family fails before minutes of work
     compiler(spec)  # and so does a missing toolchain
     imported, float_mod = import_float(model, input_shapes, input_values)
-    mod, quant_report, simulated = quantize_step(float_mod, imported, quantize, calib)
+    with stage("quantize"):
+        mod, quant_report, simulated = quantize_step(float_mod, imported, quantize, calib)
     return Prepared(spec, imported, float_mod, mod, quant_report, simulated)
 
 
@@ -62,8 +65,10 @@ def import_float(model, input_shapes=None, input_values=None):
     """(imported model, its Relax module after the float passes)."""
     import tvm
 
-    imported = load_model(model, input_shapes, input_values)
-    return imported, tvm.transform.Sequential(float_passes())(imported.mod)
+    with stage("import"):
+        imported = load_model(model, input_shapes, input_values)
+    with stage("float passes"):
+        return imported, tvm.transform.Sequential(float_passes())(imported.mod)
 
 
 def compile_module(mod, spec, records=None):
@@ -72,7 +77,8 @@ def compile_module(mod, spec, records=None):
     from .records import trusted_database
 
     database = trusted_database(records, spec, mod) if records is not None else None
-    return backend_for(spec).compile(mod, database)
+    with stage("compile"):
+        return backend_for(spec).compile(mod, database)
 
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
@@ -101,15 +107,18 @@ def build_prepared(prepared: Prepared, output, *, bundle=None, report=None, reco
     backend = backend_for(prepared.spec)
     meta = build_metadata(prepared, records)
     compiled = compile_module(prepared.mod, prepared.spec, records)
-    meta["verification"] = (verify_build(prepared, backend, compiled, meta, calib) if verify
-                            else {"verified": False, "why": "--no-verify"})
-    artifact = backend.export(compiled, Path(output), meta)
+    with stage("verify"):
+        meta["verification"] = (verify_build(prepared, backend, compiled, meta, calib) if verify
+                                else {"verified": False, "why": "--no-verify"})
+    with stage("export"):
+        artifact = backend.export(compiled, Path(output), meta)
     try:
         if on_artifact is not None:
             on_artifact(artifact, meta)
         if report is not None:
-            write_report(Path(report), meta, prepared.quant_report, artifact)
-        bundle_path = backend.write_bundle(artifact, Path(bundle), meta) if bundle is not None else None
+            write_report(Path(report), meta, prepared.quant_report, artifact, current())
+        with stage("bundle"):
+            bundle_path = backend.write_bundle(artifact, Path(bundle), meta) if bundle is not None else None
     except BaseException:
         artifact.unlink(missing_ok=True)
         raise

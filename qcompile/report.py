@@ -47,12 +47,12 @@ def build_metadata(prepared, records=None) -> dict:
     }
 
 
-def write_report(path: Path, meta: dict, quant_report: dict | None, artifact: Path) -> None:
+def write_report(path: Path, meta: dict, quant_report: dict | None, artifact: Path, seconds: dict | None = None) -> None:
     data = {"artifact": str(artifact), "artifact_bytes": artifact.stat().st_size, "target": meta["target"],
             "weight_bytes": meta["weight_bytes"], "float_weight_bytes": meta["float_weight_bytes"],
             "quantization": quant_report["config"] if quant_report else None,
             "calibration_batches": (quant_report or {}).get("calibration_batches"),
             "layers": (quant_report or {}).get("layers") or meta["layers"], "compiled_layers": meta["layers"],
-            "verification": meta.get("verification")}
+            "verification": meta.get("verification"), "build_seconds": seconds}
     with atomic_file(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=2))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "qcompile"
 
-LAYER_1 = {"errors", "atomic", "threads", "targets", "toolchain", "artifact", "ir", "ops", "layers", "examples", "zoo"}
+LAYER_1 = {"errors", "atomic", "threads", "targets", "toolchain", "artifact", "ir", "ops", "layers", "examples", "zoo",
+           "timing"}
 LAYER_2 = {"frontends", "passes", "quantize", "backends", "records", "peer"}
 LAYER_3 = {"api", "builder", "cli", "debug", "debug_report", "demo", "execute", "mixed", "report", "session", "tuning",
            "verification"}

@@ -20,8 +20,10 @@ def host_engine(mod):
     from tvm import relax
 
     from ..targets import get_target
+    from ..timing import stage
 
-    return relax.VirtualMachine(backend_for(get_target("host")).compile(mod), tvm.cpu())
+    with stage("calibration/simulation compiles"):
+        return relax.VirtualMachine(backend_for(get_target("host")).compile(mod), tvm.cpu())
 
 
 __all__ = ["Backend", "Device", "backend_for", "host_engine"]

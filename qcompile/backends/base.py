@@ -152,8 +152,11 @@ class Backend:
         why = self.runs_here()
         if why is not None:
             return None, why
+        from ..timing import stage
+
         with tempfile.TemporaryDirectory(prefix="qcompile-verify-") as folder:
-            path = self.export(compiled, Path(folder) / f"model{self.suffix}", metadata)
+            with stage("export"):
+                path = self.export(compiled, Path(folder) / f"model{self.suffix}", metadata)
             return self.run(path, arrays, metadata, 0)[0], None
 
     def device(self, rpc=None, target=None) -> "Device":

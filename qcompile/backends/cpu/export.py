@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 from ...artifact import CHECKSUM, metadata_source, seal_library
@@ -14,19 +15,43 @@ from ...targets import TargetSpec
 from ...toolchain import compiler, link_options
 from .runtime import PARALLEL_SOURCE, runtime_dir
 
+_OBJECTS = "_qcompile_objects"
+
+
+def _object_files(executable) -> tuple[list[str], dict]:
+    """The object files of `executable`'s kernels (and packed imports), written by TVM once and
+    kept beside the executable while it lives: a build links the same code twice (the library it
+    verifies, then the artifact with the verification in its metadata), and writing the objects is
+    LLVM's whole code generation again, where linking takes a fraction of a second."""
+    kept = getattr(executable, _OBJECTS, None)
+    if kept is not None:
+        return kept
+    folder = fresh_dir("objects")
+    weakref.finalize(executable, shutil.rmtree, folder, ignore_errors=True)
+    recorded = []
+    executable.export_library(str(folder / "unlinked.so"), workspace_dir=str(folder),
+                              fcompile=lambda _output, files, **kwargs: recorded.append((list(files), kwargs)))
+    kept = recorded[0]
+    try:
+        setattr(executable, _OBJECTS, kept)
+    except AttributeError:  # an executable that takes no attributes is written again next time
+        pass
+    return kept
+
 
 def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) -> Path:
     """The linked library at `output`, its metadata embedded and sealed with its checksum (see
     artifact.py); `metadata` gains the checksum too."""
     from tvm.support import cc as tvm_cc
 
+    objects, kwargs = _object_files(executable)
     work = fresh_dir("export")
     try:
         meta_src = work / "qcompile_metadata.cc"
         meta_src.write_text(metadata_source(metadata))
         fcompile = tvm_cc.cross_compiler(compiler(spec), options=link_options(spec, work), add_files=[str(meta_src), str(PARALLEL_SOURCE)])
         with atomic_file(output) as tmp:
-            executable.export_library(str(tmp), fcompile=fcompile, workspace_dir=str(work))
+            fcompile(str(tmp), list(objects), **kwargs)
             metadata[CHECKSUM] = seal_library(tmp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
