@@ -18,6 +18,7 @@ from qcompile.backends.packed.pack import (
     pack_weight,
     packed_conv_te,
     packed_depthwise_te,
+    pair_sums_fit,
     unpack_int4,
 )
 from qcompile.backends.packed.schedule import Int8Packed
@@ -41,24 +42,32 @@ def _i64(*dims):
     return tuple(tvm.tirx.IntImm("int64", d) for d in dims)
 
 
-def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False, layout="NCHW"):
-    """A packed kernel, its inputs and the float64 reference (in `layout`, NCHW or NHWC)."""
+def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False, layout="NCHW",
+                 bits=8, extreme=False):
+    """A packed kernel, its inputs and the float64 reference (in `layout`, NCHW or NHWC); weights of
+    `bits` bits (4 with `int4`). `extreme`: every input and weight at the end of its range, the
+    products' signs alike (the largest sums a kernel can meet)."""
     c, oc, hw = (24, 24, hw or 14) if depthwise else (20, 40, hw or 10)  # channels that fill no whole tile
-    kernel = FAMILIES[family].int8.for_layer((hw - 1) // stride + 1, stride)
     to_layout = (lambda a: a) if layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)))
     x = te.placeholder(_i64(*to_layout(np.zeros((1, c, hw, hw))).shape), input_dtype, "x")
     conv = {"strides": [stride, stride], "padding": [1, 1, 1, 1], "dilation": [1, 1], "layout": layout}
     rng = np.random.default_rng(0)
     lo, hi = (-128, 128) if input_dtype == "int8" else (0, 256)
     xv = rng.integers(lo, hi, (1, c, hw, hw)).astype(input_dtype)
+    wmax = 2 ** ((4 if int4 else bits) - 1) - 1
+    wv = rng.integers(-wmax, wmax + 1, (c, 1, 3, 3) if depthwise else (oc, c, 3, 3)).astype(np.int8)
+    if extreme:
+        xv[:] = hi - 1
+        wv[:] = np.where(np.arange(len(wv))[:, None, None, None] % 2 == 0, wmax, -wmax)
+    kernel = FAMILIES[family].int8.for_layer((hw - 1) // stride + 1, stride)
+    if not depthwise:
+        kernel = kernel.for_weights(lambda k: pair_sums_fit(wv, k))
     if depthwise:
-        wv = rng.integers(-127, 128, (c, 1, 3, 3)).astype(np.int8)
         wp = pack_depthwise_weight(wv, kernel.lanes)
         w = te.placeholder(_i64(*wp.shape), "int8", "w")
         out = packed_depthwise_te(x, w, **conv)
         args, tensors = [x, w, out], [xv, wp]
     else:
-        wv = rng.integers(-8, 8, (oc, c, 3, 3)).astype(np.int8) if int4 else rng.integers(-127, 128, (oc, c, 3, 3)).astype(np.int8)
         wp = pack_int4(pack_weight(wv, kernel)) if int4 else pack_weight(wv, kernel)
         shift = kernel.shift(input_dtype)
         corr = (shift * wv.astype(np.int64).reshape(oc, -1).sum(1)).astype(np.int32)
@@ -74,16 +83,33 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
     return tvm.compile(sch.mod, target=target), tensors, ref, kernel
 
 
-@pytest.mark.parametrize("family", list(TARGETS))
+# (family, weight bits) -> the instruction where it is not the family's own: 8-bit weights could
+# saturate AVX2's vpmaddubsw, so they take the exact vpmaddwd kernel
+INSTRUCTION = {("x86-avx2", 8): "vpmaddwd"}
+
+
+@pytest.mark.parametrize("family, bits", [(f, 8) for f in TARGETS] + [("x86-avx2", 7)])
 @pytest.mark.parametrize("input_dtype", ["int8", "uint8"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, input_dtype, layout):
-    lib, tensors, ref, kernel = _conv_kernel(family, input_dtype, layout=layout)
+def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, bits, input_dtype, layout):
+    lib, tensors, ref, kernel = _conv_kernel(family, input_dtype, layout=layout, bits=bits)
     asm = lib.mod.inspect_source("asm")
-    assert kernel.instruction == FAMILIES[family].int8.instruction  # an even output width: the family's own
+    # an even output width: the family's own instruction
+    assert kernel.instruction == INSTRUCTION.get((family, bits), FAMILIES[family].int8.instruction)
     assert kernel.instruction in asm
     if not _runs_here(family):
         return  # compiled and checked above
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("input_dtype", ["int8", "uint8"])
+def test_avx2_vpmaddubsw_is_exact_at_its_int16_limit(input_dtype):
+    """7-bit weights at +-63 against activations at their largest (255 once shifted to uint8):
+    each vpmaddubsw pair sums to 255 * 126 = 32130, just inside int16, and nothing saturates."""
+    lib, tensors, ref, kernel = _conv_kernel("x86-avx2", input_dtype, bits=7, extreme=True)
+    assert kernel.instruction == "vpmaddubsw" and kernel.instruction in lib.mod.inspect_source("asm")
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)
@@ -144,16 +170,19 @@ def test_i8mm_falls_back_to_sdot_on_odd_widths():
     assert kernel.instruction == "sdot" and "sdot" in lib.mod.inspect_source("asm")
 
 
-@pytest.mark.parametrize("target, instruction, at_least", [
-    ("x86-avx512-vnni", "vpdpbusd", 5), ("x86-avx2", "vpmaddwd", 5), ("rpi5", "sdot", 5), ("graviton3", "smmla", 3)])
-def test_a_real_cnn_built_for_the_target_holds_its_instruction(target, instruction, at_least):
+@pytest.mark.parametrize("target, weight_bits, instruction, at_least", [
+    ("x86-avx512-vnni", 8, "vpdpbusd", 5), ("x86-avx2", 8, "vpmaddwd", 5), ("x86-avx2", 7, "vpmaddubsw", 5),
+    ("rpi5", 8, "sdot", 5), ("graviton3", 8, "smmla", 3)])
+def test_a_real_cnn_built_for_the_target_holds_its_instruction(target, weight_bits, instruction, at_least):
     """The Fashion-MNIST CNN in int8 for each target: its code holds the family's instruction
-    (graviton3: smmla where the row width is even, sdot on the 7-wide rows)."""
+    (graviton3: smmla where the row width is even, sdot on the 7-wide rows; x86-avx2: vpmaddubsw
+    for 7-bit weights, the exact vpmaddwd for 8-bit ones, save a layer whose weights happen to fit,
+    like the first one's single input channel paired with zero padding)."""
     from qcompile.builder import compile_module, prepare
     from qcompile.examples import fashion_mnist, fashion_mnist_cnn_onnx
 
     x, _ = fashion_mnist("t10k")
-    p = prepare(fashion_mnist_cnn_onnx(), target, {"image": [1, 1, 28, 28]}, {"progress": False},
+    p = prepare(fashion_mnist_cnn_onnx(), target, {"image": [1, 1, 28, 28]}, {"progress": False, "weight_bits": weight_bits},
                 [{"image": x[i:i + 1]} for i in range(4)])
     ex = compile_module(p.mod, p.spec)
     asm = "".join(m.inspect_source("asm") for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "llvm"))

@@ -43,18 +43,23 @@ def _apply(family, mod):
     return pack_int8_pass(FAMILIES[family].int8)(mod)
 
 
-# family -> (the activation shift for int8 input, the kernel the 8x8 layer uses)
+# family -> the activation shift for int8 input (with 8-bit weights W)
 SHIFTS = {
     "x86-vnni": 128,  # u8 x s8 instruction: int8 activations moved up by 128, corrected through corr
-    "x86-avx2": 0,  # int16 activations: exact, no shift
+    "x86-avx2": 0,  # 8-bit weights could saturate vpmaddubsw: the exact int16 vpmaddwd kernel, no shift
     "arm-dotprod": 0,  # s8 x s8
     "cuda": 0,
 }
+AVX2_EXACT = FAMILIES["x86-avx2"].int8.fallback  # vpmaddwd on int16, the kernel of 8-bit weights
+
+
+def _kernel_for_8bit_weights(family):
+    return AVX2_EXACT if family == "x86-avx2" else FAMILIES[family].int8
 
 
 @pytest.mark.parametrize("family", list(SHIFTS))
 def test_int8_conv_becomes_one_packed_kernel(family):
-    kernel = FAMILIES[family].int8
+    kernel = _kernel_for_8bit_weights(family)
     shift = SHIFTS[family]
 
     def before(bb, x):
@@ -98,21 +103,43 @@ def test_odd_width_layer_falls_back_from_smmla_to_sdot():
 
 
 def test_4bit_weights_are_stored_two_per_byte():
-    kernel = FAMILIES["x86-avx2"].int8  # kpack 2: one byte per pair
+    kernel = FAMILIES["x86-avx2"].int8  # 4-bit weights cannot saturate vpmaddubsw: kpack 4, two bytes per group
 
     def before(bb, x):
         return bb.emit(_conv(x, relax.const(W4)))
 
     def expected(bb, x):
-        return _packed_conv(bb, x, pack_int4(pack_weight(W4, kernel)), np.zeros(6, np.int32), kernel=kernel, shift=0,
-                            int4=True)
+        corr = (128 * W4.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
+        return _packed_conv(bb, x, pack_int4(pack_weight(W4, kernel)), corr, kernel=kernel, shift=128, int4=True)
+
+    x = tensor_var("x", (1, 5, 8, 8), "int8")
+    tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
+
+
+@pytest.mark.parametrize("bits, fast", [(7, True), (8, False)])
+def test_avx2_takes_vpmaddubsw_only_where_no_pair_of_weights_can_saturate_it(bits, fast):
+    """7-bit weights ([-63, 63]): every u8 x s8 pair sum fits int16, so the vpmaddubsw kernel
+    (int8 activations shifted to uint8, kpack 4). A single pair of 8-bit weights summing past 128
+    could saturate it: the whole layer takes the exact vpmaddwd kernel instead."""
+    w = np.clip(W, -63, 63)
+    if bits == 8:
+        w[0, 0, 0, 0], w[0, 1, 0, 0] = 127, 2  # input channels 0 and 1: one pair (kpack 4 packs them together)
+    kernel = FAMILIES["x86-avx2"].int8 if fast else AVX2_EXACT
+    shift = 128 if fast else 0
+
+    def before(bb, x):
+        return bb.emit(_conv(x, relax.const(w)))
+
+    def expected(bb, x):
+        corr = (shift * w.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
+        return _packed_conv(bb, x, pack_weight(w, kernel), corr, kernel=kernel, shift=shift)
 
     x = tensor_var("x", (1, 5, 8, 8), "int8")
     tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
 
 
 def test_channels_last_conv_is_packed_from_its_ohwi_weight():
-    kernel = FAMILIES["x86-avx2"].int8
+    kernel = AVX2_EXACT
     w_ohwi = np.ascontiguousarray(W.transpose(0, 2, 3, 1))
 
     def before(bb, x):
@@ -159,7 +186,7 @@ def test_matmul_becomes_reshape_packed_1x1_conv_reshape():
 
 
 def test_only_the_int8_layer_of_a_mixed_module_is_rewritten():
-    kernel = FAMILIES["x86-avx2"].int8
+    kernel = AVX2_EXACT
     wf = RNG.standard_normal((6, 6, 1, 1)).astype("float32")
 
     def before(bb, x):

@@ -22,10 +22,21 @@ class Int8Kernel:
     pixels: int = 1  # output pixels per instruction (2 for a matrix-multiply instruction)
     fallback: "Int8Kernel | None" = None  # for layers whose output width is not a multiple of `pixels`
     tensor_core_matmul_min: int | None = None  # matmuls with every dimension over this stay for tensor cores
+    # The instruction sums pairs of u8 x s8 products into int16 (x86 vpmaddubsw), which saturates
+    # unless the positive (and the negative) weights of every pair sum to at most this in magnitude;
+    # a layer whose weights do not keep to it takes `fallback` (exact). None: no such limit.
+    pair_limit: int | None = None
 
     def for_layer(self, width: int, stride: int) -> "Int8Kernel":
         """This kernel, or its fallback where the instruction's pixels are not adjacent in a row."""
         if self.pixels == 1 or self.fallback is None or (width % self.pixels == 0 and stride == 1):
+            return self
+        return self.fallback
+
+    def for_weights(self, fits_pairs) -> "Int8Kernel":
+        """This kernel, or its fallback where `fits_pairs(self)` says a layer's packed weights could
+        saturate its int16 pair sums (pair_limit)."""
+        if self.pair_limit is None or self.fallback is None or fits_pairs(self):
             return self
         return self.fallback
 
@@ -68,8 +79,11 @@ FAMILIES = {f.name: f for f in [
            float_lanes=16),
     Family("x86-avx512", "cpu", Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"),
            channels_last=True, float_lanes=16),
-    Family("x86-avx2", "cpu", Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"), channels_last=True,
-           float_lanes=8),
+    # vpmaddubsw (u8 x s8, four products per int32 lane) where a layer's weights cannot saturate it
+    # (7-bit or 4-bit weights, QuantConfig.weight_bits); exact vpmaddwd on int16 for the others
+    Family("x86-avx2", "cpu", Int8Kernel(8, 4, "uint8", "qcompile_avx2_pmaddubsw_8x4", "vpmaddubsw", pair_limit=128,
+                                         fallback=Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd")),
+           channels_last=True, float_lanes=8),
     Family("arm-dotprod", "cpu", _SDOT, channels_last=True, float_lanes=4),
     # smmla: 2 pixels x 2 output channels x 8 input channels; sdot where the width is odd
     Family("arm-i8mm", "cpu", Int8Kernel(2, 8, "int8", "qcompile_smmla_2x2x8", "smmla", pixels=2, fallback=_SDOT),

@@ -34,6 +34,9 @@ class QuantConfig:
     method: str = "percentile"  # calibration: minmax | percentile | entropy | mse (see benchmarks/results/accuracy.md)
     percentile: float = 99.99
     per_channel: bool = True  # weights per output channel (else per tensor)
+    # 7: weights in [-63, 63] (onnxruntime's reduce_range), which AVX2 multiplies with vpmaddubsw,
+    # four products per instruction, where 8-bit weights take the exact int16 kernel (two)
+    weight_bits: int = 8
     symmetric: bool = True  # activations int8 symmetric (else uint8 asymmetric)
     bias_correction: bool = True  # fold the mean error of quantized weights into the bias
     skip_layers: frozenset = field(default_factory=frozenset)
@@ -50,6 +53,8 @@ class QuantConfig:
             raise QCompileError(f"unknown calibration method '{self.method}'; choose from {', '.join(METHODS)}")
         if not 0.0 < self.percentile <= 100.0:
             raise QCompileError(f"percentile {self.percentile} is outside (0, 100]")
+        if self.weight_bits not in (7, 8):
+            raise QCompileError(f"--weight-bits {self.weight_bits}: choose 8, or 7 (reduced range)")
         bad = {layer: p for layer, p in self.precisions.items() if p not in PRECISIONS}
         if bad:
             layer, p = next(iter(bad.items()))
@@ -61,7 +66,8 @@ class QuantConfig:
 
     def describe(self) -> dict:
         described = {"mode": self.mode, "method": self.method, "percentile": self.percentile,
-                     "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor"),
+                     "weights": ("int8 symmetric " if self.weight_bits == 8 else "int8 (7-bit range) symmetric ")
+                     + ("per-channel" if self.per_channel else "per-tensor"),
                      "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
                      "bias_correction": self.bias_correction}
         if self.precisions:
@@ -102,7 +108,7 @@ def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> l
         first = defs.get(node.members[0])
         if node.kind == "compute" and node.quantized and is_const(first.args[1]):
             w = const_value(first.args[1])
-            bits = 4 if row["precision"] == "int4" else 8
+            bits = 4 if row["precision"] == "int4" else config.weight_bits
             row["weight"] = _scale_summary(weight_qparams(w, weight_axis(op_name(first), w, config.per_channel, first.attrs), bits))
         rows.append(row)
     return rows
@@ -152,7 +158,7 @@ class Calibrated:
     qparams: dict  # site -> QParams
     means: dict | None  # site -> mean calibration batch (bias correction), None without it
     compute_var: dict  # compute layer name -> the name of its op's binding
-    weight_bits: dict  # compute bindings (by name) with 4-bit weights
+    weight_bits: dict  # compute bindings (by name) with weights of fewer than 8 bits (4, or 7 by config)
 
 
 def calibrate_model(mod, inputs, calib, config: QuantConfig, layer_names=None, *, engine=None) -> Calibrated:
@@ -172,8 +178,9 @@ def calibrate_model(mod, inputs, calib, config: QuantConfig, layer_names=None, *
     qparams.update({site: activation_qparams(lo, hi, config.symmetric) for site, (lo, hi) in fixed.items()})
     means = {site: obs.mean_batch for site, obs in observers.items()} if config.bias_correction else None
     compute_var = {n.name: str(n.members[0].name) for n in p.nodes if n.kind == "compute"}
-    int4 = {compute_var[n]: 4 for n, prec in config.precisions.items() if prec == "int4" and n in compute_var}
-    return Calibrated(mod, batches, p, annotated, observers, qparams, means, compute_var, int4)
+    bits = {var: config.weight_bits for var in compute_var.values()} if config.weight_bits != 8 else {}
+    bits.update({compute_var[n]: 4 for n, prec in config.precisions.items() if prec == "int4" and n in compute_var})
+    return Calibrated(mod, batches, p, annotated, observers, qparams, means, compute_var, bits)
 
 
 def _fixed_ranges(config: QuantConfig, p: Plan) -> dict:

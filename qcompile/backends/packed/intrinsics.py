@@ -85,6 +85,32 @@ def _pmaddwd_impl(lanes: int, llvm_intrin: str):
     return impl
 
 
+def _pmaddubsw_impl(lanes: int, madd_ubsw: str, madd_wd: str):
+    """x86 AVX2 / AVX-512BW without VNNI: vpmaddubsw (u8 x s8, adjacent pairs summed into int16)
+    then vpmaddwd by ones (the two pairs into each int32 lane): four products per lane, like
+    vpdpbusd in two instructions. The int16 pair sum saturates unless each pair of weights stays
+    within +-128 (pack.pair_sums_fit), which the pack pass checks before choosing this kernel."""
+    n, IL = 4 * lanes, T.int64(lanes)
+    i16 = f"int16x{2 * lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (IL, I4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I0:IL], A[I0:I4], B[I0:IL, I0:I4])
+            T.writes(C[I0:IL])
+            a4 = T.reinterpret(A.vload([I0], "uint8x4"), dtype="int32")
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(madd_ubsw),
+                                            T.reinterpret(T.broadcast(a4, lanes), dtype=f"int8x{n}"),
+                                            B.vload([I0, I0], f"int8x{n}"), dtype=i16)
+            C[T.ramp(I0, T.int64(1), lanes)] = C.vload([I0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(madd_wd), pairs, T.broadcast(T.int16(1), 2 * lanes), dtype=f"int32x{lanes}")
+
+    return impl
+
+
 def _mmla_desc():
     """C[2 pixels, 2 channels] += A[2 pixels, 8 channels] . B[2 channels, 8 channels]^T; the two
     pixels' channels are a row stride apart in the channels-last input."""
@@ -153,6 +179,8 @@ _IMPLS = {
     "qcompile_vnni_16x4": lambda: (_desc(16, 4, "uint8"), _broadcast_dot_impl(16, "uint8", "llvm.x86.avx512.vpdpbusd.512")),
     "qcompile_avx512_pmaddwd_16x2": lambda: (_desc(16, 2, "int16"), _pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
     "qcompile_avx2_pmaddwd_8x2": lambda: (_desc(8, 2, "int16"), _pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
+    "qcompile_avx2_pmaddubsw_8x4": lambda: (_desc(8, 4, "uint8"),
+                                            _pmaddubsw_impl(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")),
     "qcompile_sdot_4x4": lambda: (_desc(4, 4, "int8"), _broadcast_dot_impl(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")),
     "qcompile_dp4a": lambda: (_desc(4, 4, "int8"), _dp4a_impl()),
     "qcompile_smmla_2x2x8": lambda: (_mmla_desc(), _smmla_impl()),

@@ -55,6 +55,14 @@ def pack_weight(w: np.ndarray, kernel: Int8Kernel) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(oco, L, co, KP, kh, kw).transpose(0, 4, 5, 2, 1, 3))
 
 
+def pair_sums_fit(w: np.ndarray, kernel: Int8Kernel) -> bool:
+    """Whether, packed for `kernel`, every adjacent pair of weights along kpack sums its positive
+    and its negative parts within kernel.pair_limit: then u8 x s8 pair sums fit in int16."""
+    pairs = pack_weight(w, kernel).astype(np.int32).reshape(-1, 2)
+    limit = kernel.pair_limit
+    return bool(np.clip(pairs, 0, None).sum(1).max() <= limit and np.clip(pairs, None, 0).sum(1).min() >= -limit)
+
+
 def fits_int4(w: np.ndarray) -> bool:
     return w.size > 0 and int(w.min()) >= -8 and int(w.max()) <= 7
 
@@ -241,6 +249,7 @@ def _emit_packed(bb, x, weight_oihw: np.ndarray, conv: dict, kernel: Int8Kernel,
     width = _nchw(x.ty.shape.values, conv["layout"])[3]
     kernel = kernel.for_layer(_out_size(width, conv["padding"][1] + conv["padding"][3], weight_oihw.shape[3],
                                         conv["strides"][1], conv["dilation"][1]), conv["strides"][1])
+    kernel = kernel.for_weights(lambda k: pair_sums_fit(weight_oihw, k))
     shift = kernel.shift(tensor_dtype(x))
     wp = pack_weight(weight_oihw, kernel)
     int4 = fits_int4(weight_oihw) and kernel.kpack % 2 == 0
