@@ -523,6 +523,7 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="time with a second process spinning on one core")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the qcompile builds (and their build seconds) an earlier run left in benchmarks/work")
+    parser.add_argument("--batch1-only", default="", help="models (comma-separated) timed at batch 1 alone")
     args = parser.parse_args()
     use_physical_cores()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -531,7 +532,7 @@ def main() -> None:
     for name in args.models.split(","):
         entry = ENTRIES[name]
         for batch in (int(b) for b in args.batches.split(",")):
-            if batch not in entry.batches:
+            if batch not in entry.batches or (batch != 1 and name in args.batch1_only.split(",")):
                 continue
             print(f"== {name} batch {batch}: building", flush=True)
             cases.append(prepare(entry, batch, args.tune_trials, args.reuse))
