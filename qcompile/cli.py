@@ -269,8 +269,8 @@ def _quantization_args(parser_, search: bool = True) -> None:
                    help="weight scales per output channel (default)")
     g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
     q.add_argument("--weight-bits", type=int, default=8, choices=[8, 7],
-                   help="7: weights in [-63, 63], which AVX2 CPUs without VNNI multiply twice as fast (vpmaddubsw); "
-                        "default 8")
+                   help="7: weights in [-63, 63], so AVX2 CPUs without VNNI use vpmaddubsw (four products per "
+                        "instruction instead of two; the gain depends on the CPU, see README); default 8")
     q.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric activations (default int8 symmetric)")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="keep biases as trained (default: correct them for the mean weight-quantization error)")
