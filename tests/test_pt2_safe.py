@@ -108,7 +108,8 @@ def _hostile_members(case, payload):
                                            "data/constants/tensor_0": payload}
 
     def to_opaque(config):  # torch reads opaque_obj_N constants with pickle.loads
-        config["config"]["scale"]["path_name"] = "opaque_obj_0"
+        # as torch.export.save writes one: torch 2.13's loader sizes every non-pickled member first
+        config["config"]["scale"].update(path_name="opaque_obj_0", use_pickle=True, tensor_meta=None)
     return "data/constants/opaque_obj_0", {"data/constants/model_constants_config.json": _edit_json(to_opaque),
                                            "data/constants/opaque_obj_0": payload}
 
