@@ -47,7 +47,7 @@ def _quantize(args) -> dict | None:
 
             precisions = read_precision_config(args.precision_config)
         return {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
-                "per_channel": args.per_channel, "weight_bits": args.weight_bits, "symmetric": not args.asymmetric,
+                "per_channel": args.per_channel, "weight_bits": args.weight_bits, "group_size": args.group_size, "symmetric": not args.asymmetric,
                 "bias_correction": not args.no_bias_correction, "precisions": precisions,
                 "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ()),
                 "progress": sys.stderr.isatty()}  # a bar in a log is noise around the one error line
@@ -268,9 +268,12 @@ def _quantization_args(parser_, search: bool = True) -> None:
     g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                    help="weight scales per output channel (default)")
     g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
-    q.add_argument("--weight-bits", type=int, default=8, choices=[8, 7],
+    q.add_argument("--weight-bits", type=int, default=8, choices=[8, 7, 4],
                    help="7: weights in [-63, 63], so AVX2 CPUs without VNNI use vpmaddubsw (four products per "
-                        "instruction instead of two; the gain depends on the CPU, see README); default 8")
+                        "instruction instead of two; the gain depends on the CPU, see README); 4: int4 block-wise "
+                        "weights with --mode weight-only (a scale per --group-size weights); default 8")
+    q.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 0],
+                   help="with --weight-bits 4: weights per scale along K (default 128; 0: one per output channel)")
     q.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric activations (default int8 symmetric)")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="keep biases as trained (default: correct them for the mean weight-quantization error)")

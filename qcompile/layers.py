@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .ops import LAYER_OPS
+from .ops import INT4_MATMUL_KERNEL, LAYER_OPS
 
 
 def _compute_bindings(mod, func_name: str = "main"):
@@ -11,6 +11,13 @@ def _compute_bindings(mod, func_name: str = "main"):
             op_name = getattr(getattr(binding.value, "op", None), "name", None)
             if op_name in LAYER_OPS:
                 yield binding, LAYER_OPS[op_name]
+            elif op_name == "relax.call_tir" and is_int4_matmul(binding.value):
+                yield binding, "matmul"
+
+
+def is_int4_matmul(call) -> bool:
+    """A call_tir of the int4 block-wise matmul kernel (its PrimFunc's name starts with the kernel's)."""
+    return str(getattr(call.args[0], "name_hint", "")).startswith(INT4_MATMUL_KERNEL)
 
 
 def compute_layer_names(mod, source_names: list[str] | None = None, func_name: str = "main") -> dict:
@@ -27,6 +34,11 @@ def layer_table(mod, source_names: list[str] | None = None, func_name: str = "ma
     rows = []
     for binding, op in _compute_bindings(mod, func_name):
         value = binding.value
+        if is_int4_matmul(value):  # call_tir(kernel, (x, codes, scales))
+            x = value.args[1].fields[0]
+            rows.append({"name": names[binding.var], "op": op, "input_dtype": str(x.ty.dtype),
+                         "weight_dtype": "int4", "output_dtype": str(binding.var.ty.dtype)})
+            continue
         args = [a for a in value.args if hasattr(a, "ty") and hasattr(a.ty, "dtype")]
         rows.append({
             "name": names[binding.var],

@@ -38,6 +38,18 @@ LAYER_OPS = {
     "relax.linear": "dense", "relax.nn.dense": "dense", "relax.nn.conv2d_transpose": "conv2d_transpose",
 }
 
+# The kernel (a call_tir) of an int4 block-wise weight-only matmul (quantize/blockwise.py): a layer
+# like relax.matmul, with int4 codes and per-group scales as its constant operands.
+INT4_MATMUL_KERNEL = "qcompile_int4_matmul"
+
+# Ops that have no integer form here and stay float islands, with the reason reports give.
+FLOAT_ONLY = {
+    "nn.layer_norm": "no integer form: its mean and variance need a wider range than int8 gives, "
+                     "kept fp32 between int8 layers",
+    "nn.softmax": "no integer form: exp over the row's max-subtracted logits in fp32; its output is "
+                  "quantized for the next matmul",
+}
+
 # Ops whose weight operand (index 1) is per-output-channel quantized along `weight_axis`;
 # the int32 result's channel axis is `out_axis` (negative: from the end).
 COMPUTE = {

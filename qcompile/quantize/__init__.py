@@ -11,8 +11,10 @@ import numpy as np
 
 from ..errors import QCompileError
 from ..ir import const_value, is_const, main_bindings, op_name
+from ..layers import layer_table
 from ..ops import OP_KINDS, short_name
 from .annotate import Plan, Policy, annotate, plan
+from .blockwise import GROUP_SIZES
 from .calib_data import load_calibration
 from .calibrate import choose_qparams, collect
 from .dynamic import MODES as DYNAMIC_MODES
@@ -36,7 +38,9 @@ class QuantConfig:
     per_channel: bool = True  # weights per output channel (else per tensor)
     # 7: weights in [-63, 63] (onnxruntime's reduce_range), which AVX2 multiplies with vpmaddubsw,
     # four products per instruction, where 8-bit weights take the exact int16 kernel (two)
+    # 4: int4 block-wise weights (weight-only mode): a scale per `group_size` weights along K
     weight_bits: int = 8
+    group_size: int = 128  # 32 | 64 | 128, or 0: one group over all of K (per output channel)
     symmetric: bool = True  # activations int8 symmetric (else uint8 asymmetric)
     bias_correction: bool = True  # fold the mean error of quantized weights into the bias
     skip_layers: frozenset = field(default_factory=frozenset)
@@ -53,8 +57,13 @@ class QuantConfig:
             raise QCompileError(f"unknown calibration method '{self.method}'; choose from {', '.join(METHODS)}")
         if not 0.0 < self.percentile <= 100.0:
             raise QCompileError(f"percentile {self.percentile} is outside (0, 100]")
-        if self.weight_bits not in (7, 8):
-            raise QCompileError(f"--weight-bits {self.weight_bits}: choose 8, or 7 (reduced range)")
+        if self.weight_bits not in (4, 7, 8):
+            raise QCompileError(f"--weight-bits {self.weight_bits}: choose 8, 7 (reduced range) or 4 (block-wise)")
+        if self.weight_bits == 4 and self.mode != "weight-only":
+            raise QCompileError("--weight-bits 4 is int4 block-wise weights, used with --mode weight-only "
+                                "(per-layer int4 with int8 activations: --quantize mixed or --precision-config)")
+        if self.group_size not in (0, *GROUP_SIZES):
+            raise QCompileError(f"--group-size {self.group_size}: choose 32, 64, 128, or 0 (one group per channel)")
         bad = {layer: p for layer, p in self.precisions.items() if p not in PRECISIONS}
         if bad:
             layer, p = next(iter(bad.items()))
@@ -64,10 +73,19 @@ class QuantConfig:
         """Layers left as float islands: skipped, or given fp16/fp32."""
         return frozenset(self.skip_layers) | {n for n, p in self.precisions.items() if p in ("fp16", "fp32")}
 
+    def weights(self) -> str:
+        if self.weight_bits == 4:
+            return (f"int4 block-wise, groups of {self.group_size} along K" if self.group_size
+                    else "int4 per output channel")
+        return (("int8 symmetric " if self.weight_bits == 8 else "int8 (7-bit range) symmetric ")
+                + ("per-channel" if self.per_channel else "per-tensor"))
+
     def describe(self) -> dict:
+        if self.mode in DYNAMIC_MODES:  # no calibration: its fields would describe nothing that ran
+            return {"mode": self.mode, "weights": self.weights(),
+                    "activations": "int8, scale at run time" if self.mode == "dynamic" else "float32"}
         described = {"mode": self.mode, "method": self.method, "percentile": self.percentile,
-                     "weights": ("int8 symmetric " if self.weight_bits == 8 else "int8 (7-bit range) symmetric ")
-                     + ("per-channel" if self.per_channel else "per-tensor"),
+                     "weights": self.weights(),
                      "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
                      "bias_correction": self.bias_correction}
         if self.precisions:
@@ -132,9 +150,12 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     config.check()
     report = {"config": config.describe(), "layers": []}
     if config.mode in DYNAMIC_MODES:
-        out = dynamic_quantize(mod, config.mode, config.per_channel, config.skip_layers, layer_names)
-        report["layers"] = [{"name": n, "op": "matmul", "precision": f"int8 ({config.mode})"}
-                            for n in _matmul_names(mod, layer_names) if n not in config.skip_layers]
+        out = dynamic_quantize(mod, config.mode, config.per_channel, config.skip_layers, layer_names,
+                               config.weight_bits, config.group_size)
+        report["layers"] = [{"name": row["name"], "op": "matmul",
+                             "precision": f"{row['weight_dtype'] if row['weight_dtype'] == 'int4' else 'int8'} ({config.mode})"}
+                            for row in layer_table(out, layer_names) if row["name"] not in config.skip_layers
+                            and row["op"] == "matmul" and row["weight_dtype"] in ("int4", "int8")]
         return out, report
     c = calibrate_model(mod, inputs, calib, config, layer_names, engine=engine)
     half = {c.compute_var[n] for n, prec in config.precisions.items() if prec == "fp16" and n in c.compute_var}
@@ -195,13 +216,6 @@ def _fixed_ranges(config: QuantConfig, p: Plan) -> dict:
                                 f"tensors include: {shown}")
         fixed[site] = (lo, hi)
     return fixed
-
-
-def _matmul_names(mod, layer_names) -> list[str]:
-    from ..layers import compute_layer_names
-
-    names = compute_layer_names(mod, layer_names)
-    return [names[v] for v, value in main_bindings(mod) if op_name(value) == "matmul" and is_const(value.args[1])]
 
 
 def _check_skips(p: Plan, config: QuantConfig) -> None:

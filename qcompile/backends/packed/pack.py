@@ -30,6 +30,8 @@ import tvm
 from tvm import relax, te, tirx
 
 from ...ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
+from ...layers import is_int4_matmul
+from ...quantize.blockwise import nibble, pack_int4, unpack_int4
 from ..families import Int8Kernel
 
 RULE = "qcompile_int8_dot"
@@ -67,29 +69,11 @@ def fits_int4(w: np.ndarray) -> bool:
     return w.size > 0 and int(w.min()) >= -8 and int(w.max()) <= 7
 
 
-def pack_int4(wp: np.ndarray) -> np.ndarray:
-    """Pairs along the last axis into one byte each: element 2i in the low nibble, 2i+1 in the high."""
-    lo, hi = wp[..., 0::2].astype(np.int32), wp[..., 1::2].astype(np.int32)
-    return ((lo & 0xF) | (hi << 4)).astype(np.uint8).view(np.int8)
-
-
-def unpack_int4(packed: np.ndarray) -> np.ndarray:
-    """The inverse of pack_int4 (sign-extended nibbles)."""
-    v = packed.astype(np.int32)
-    lo, hi = (v << 28) >> 28, v >> 4
-    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.int8)
-
-
 def _unpack_int4_te(wp4):
     """The kernel's first stage for an int4 layer: sign-extended nibbles back to int8."""
     shape = [*wp4.shape[:-1], wp4.shape[-1] * 2]
-
-    def nibble(*idx):
-        byte = wp4[(*idx[:-1], idx[-1] // 2)].astype("int32")
-        low = (byte << 28) >> 28
-        return tirx.if_then_else(idx[-1] % 2 == 0, low, byte >> 4).astype("int8")
-
-    return te.compute(shape, nibble, name="unpack_int4")
+    return te.compute(shape, lambda *i: nibble(wp4[(*i[:-1], i[-1] // 2)], i[-1] % 2 == 1).astype("int8"),
+                      name="unpack_int4")
 
 
 def _i64(v):
@@ -162,6 +146,39 @@ def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int
             axis=[rkh, rkw, rco, rki]),
         name="int8_dot", attrs={"schedule_rule": RULE})
     return _unpack(acc, n, out_channels, oh, ow, L, layout, corr)
+
+
+WEIGHT_STAGE = "dequant_int4"  # the int4 kernel's weight stage: scheduled inside the dot's channel loop
+
+
+def pack_int4_blockwise(packed: np.ndarray, scales: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The portable kernel's operands (codes [N, Kp/2], scales [N, G]) in the packed float kernel's
+    order: codes [N/lanes, Kp, lanes/2] and scales [N/lanes, G, lanes], zero-padded. Byte j of a
+    row holds lane j in its low nibble and lane j + lanes/2 in its high one, so each half of the
+    vector decodes from lanes/2 contiguous bytes with the same shift (no per-lane select)."""
+    codes = unpack_int4(packed)
+    n, kp = codes.shape
+    oco, half = -(-n // lanes), lanes // 2
+    padded = np.zeros((oco * lanes, kp), np.int8)
+    padded[:n] = codes
+    lane_codes = padded.reshape(oco, 2, half, kp).transpose(0, 3, 2, 1)  # [oco, Kp, half, (low, high)]
+    lane_scales = np.zeros((oco * lanes, scales.shape[1]), np.float32)
+    lane_scales[:n] = scales
+    return (np.ascontiguousarray(pack_int4(lane_codes).reshape(oco, kp, half)),
+            np.ascontiguousarray(lane_scales.reshape(oco, lanes, -1).transpose(0, 2, 1)))
+
+
+def packed_int4_conv_te(x, codes, scales, *, group_size: int, out_channels: int, kernel: Int8Kernel, **conv):
+    """The packed float kernel of x[M, K, 1, 1] with int4 block-wise weights: the float weight
+    tile the dot reads is decoded from nibbles and scaled per group first (WEIGHT_STAGE)."""
+    oco, _, half = (int(d) for d in codes.shape)
+    k = int(x.shape[1])
+    wp = te.compute(
+        tuple(map(_i64, (oco, 1, 1, k, half * 2, 1))),
+        lambda o, _h, _w, c, lane, _k: nibble(codes[o, c, lane % half], lane >= half).astype("float32")
+        * scales[o, c // group_size, lane],
+        name=WEIGHT_STAGE)
+    return packed_conv_te(x, wp, None, out_channels=out_channels, kernel=kernel, shift=0, **conv)
 
 
 def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
@@ -287,6 +304,19 @@ def _rule(kernel: Int8Kernel):
 
 
 def _float_rule(kernel: Int8Kernel):
+    def _emit_int4_matmul(bb, call, var):
+        x, packed, scales = call.args[1].fields
+        m, k = (int(d) for d in x.ty.shape.values)
+        packed, scales = const_value(packed), const_value(scales)
+        n = int(var.ty.shape.values[1])
+        codes, lane_scales = pack_int4_blockwise(packed, scales, kernel.lanes)
+        te_func = functools.partial(packed_int4_conv_te, group_size=packed.shape[1] * 2 // scales.shape[1],
+                                    out_channels=n, kernel=kernel, **ONE_BY_ONE, layout="NCHW")
+        x4 = bb.emit(relax.op.reshape(x, (m, k, 1, 1)))
+        y = bb.emit_te(te_func, x4, relax.const(codes, "int8"), relax.const(lane_scales, "float32"),
+                       primfunc_name_hint=FLOAT_KERNEL_NAME)
+        return bb.emit(relax.op.reshape(y, (m, n)), var.name)
+
     def emit_conv(bb, x, weight_oihw: np.ndarray, conv: dict, name: str):
         te_func = functools.partial(packed_conv_te, corr=None, out_channels=weight_oihw.shape[0], kernel=kernel,
                                     shift=0, **conv)
@@ -303,6 +333,8 @@ def _float_rule(kernel: Int8Kernel):
                 return bb.emit_te(functools.partial(packed_depthwise_te, **conv), value.args[0],
                                   relax.const(wp, "float32"), primfunc_name_hint=FLOAT_DEPTHWISE_NAME,
                                   name_hint=var.name)
+        if name == "call_tir" and is_int4_matmul(value):
+            return _emit_int4_matmul(bb, value, var)
         if name == "matmul" and is_float_eligible(value) and str(value.attrs.out_dtype) in FLOAT_OUT:
             x, w = value.args[0], const_value(value.args[1])
             if len(x.ty.shape.values) == 2 and w.ndim == 2:
@@ -319,10 +351,12 @@ def pack_float_pass(kernel: Int8Kernel):
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.PackFloat")
     def _pass(mod, _ctx):
-        if not any(op_name(v) in ("nn.conv2d", "matmul") and is_float_eligible(v)
-                   for block in mod["main"].body.blocks for v in (b.value for b in block.bindings)):
+        values = [b.value for block in mod["main"].body.blocks for b in block.bindings]
+        if not any((op_name(v) in ("nn.conv2d", "matmul") and is_float_eligible(v))
+                   or (op_name(v) == "call_tir" and is_int4_matmul(v)) for v in values):
             return mod
-        return rewrite_main(mod, _float_rule(kernel))
+        # the portable int4 kernels it replaced are left unused
+        return relax.transform.DeadCodeElimination(["main"])(rewrite_main(mod, _float_rule(kernel)))
 
     return _pass
 

@@ -1,0 +1,89 @@
+"""int4 block-wise weights (weight-only): codes in [-8, 7], one float scale per group of
+`group_size` weights along K, two codes per byte, as onnxruntime's MatMulNBits and MLC-LLM's q4f16.
+
+    x[M, K] float @ W[K, N]  ->  y[m, n] = sum_k x[m, k] * code[n, k] * scale[n, k // group_size]
+
+The scale of each group comes from a small search over clipping ratios (the MSE-best of
+max|w| / d for d in 5..8 in 0.25 steps), which keeps the group's outliers where plain
+`max|w| / 7` rounding would waste the grid on them; it is never worse than plain rounding,
+since d = 7 is one of the candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+GROUP_SIZES = (32, 64, 128)
+CLIP_DIVISORS = np.linspace(5.0, 8.0, 13)  # includes 7: plain symmetric rounding
+
+
+def _groups(w_nk: np.ndarray, group_size: int) -> tuple[np.ndarray, int]:
+    """W as [N, K] -> [N, G, group_size] with K zero-padded to whole groups."""
+    n, k = w_nk.shape
+    g = -(-k // group_size)
+    padded = np.zeros((n, g * group_size), np.float32)
+    padded[:, :k] = w_nk
+    return padded.reshape(n, g, group_size), k
+
+
+def quantize_blockwise(w_kn: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """W[K, N] (a matmul's weight) -> (codes int8 [N, Kp] in [-8, 7], scales float32 [N, G]),
+    Kp = G * group_size (the padding's codes are 0)."""
+    if group_size <= 0:  # one group spanning K: per-output-channel int4
+        group_size = w_kn.shape[0]
+    groups, _ = _groups(np.ascontiguousarray(w_kn.T, np.float32), group_size)
+    amax = np.abs(groups).max(-1, keepdims=True)
+    best_err = np.full(amax.shape, np.inf, np.float32)
+    best_scale = np.ones(amax.shape, np.float32)
+    for d in CLIP_DIVISORS:
+        scale = np.where(amax > 0, amax / d, 1.0).astype(np.float32)
+        codes = np.clip(np.round(groups / scale), -8, 7)
+        err = np.square(codes * scale - groups).sum(-1, keepdims=True)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, scale, best_scale)
+    codes = np.clip(np.round(groups / best_scale), -8, 7).astype(np.int8)
+    n, g, gs = groups.shape
+    return codes.reshape(n, g * gs), best_scale[..., 0]
+
+
+def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """The float W[K, N] that (codes, scales) stand for."""
+    n, kp = codes.shape
+    g = scales.shape[1]
+    w = codes.reshape(n, g, kp // g).astype(np.float32) * scales[..., None]
+    return np.ascontiguousarray(w.reshape(n, kp)[:, :k].T)
+
+
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """Pairs along the last axis into one byte each: element 2i in the low nibble, 2i+1 in the high."""
+    lo, hi = codes[..., 0::2].astype(np.int32), codes[..., 1::2].astype(np.int32)
+    return ((lo & 0xF) | (hi << 4)).astype(np.uint8).view(np.int8)
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """The inverse of pack_int4 (sign-extended nibbles)."""
+    v = packed.astype(np.int32)
+    lo, hi = (v << 28) >> 28, v >> 4
+    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.int8)
+
+
+def nibble(byte, odd):
+    """The sign-extended code in an int8 `byte` (TIR): the low nibble, or the high one where `odd`."""
+    b = byte.astype("int32")
+    return tirx.if_then_else(odd, b >> 4, (b << 28) >> 28)
+
+
+def int4_matmul_te(x, packed, scales):
+    """The portable kernel: x[M, K] float32, packed int8 [N, Kp/2], scales float32 [N, G] -> y[M, N].
+    The CPU families replace it with their packed float kernel (backends/packed); other targets
+    (CUDA) schedule it as it is."""
+    m, k = x.shape
+    n, half = packed.shape
+    group_size = int(half) * 2 // int(scales.shape[1])
+    r = te.reduce_axis((tirx.IntImm("int64", 0), k), "k")
+    return te.compute(
+        (m, n),
+        lambda i, j: te.sum(x[i, r] * nibble(packed[j, r // 2], r % 2 == 1).astype("float32")
+                            * scales[j, r // group_size], axis=r),
+        name="int4_matmul")
