@@ -47,7 +47,7 @@ def _quantize(args) -> dict | None:
 
             precisions = read_precision_config(args.precision_config)
         return {"mode": args.mode, "method": args.calib_method, "percentile": args.percentile,
-                "per_channel": args.per_channel, "weight_bits": args.weight_bits, "group_size": args.group_size, "symmetric": not args.asymmetric,
+                "per_channel": args.per_channel, "weight_bits": args.weight_bits, "group_size": args.group_size, "smooth_quant": args.smooth_quant, "symmetric": not args.asymmetric,
                 "bias_correction": not args.no_bias_correction, "precisions": precisions,
                 "skip_layers": frozenset(args.skip or ()), "skip_ops": frozenset(args.skip_op or ()),
                 "progress": sys.stderr.isatty()}  # a bar in a log is noise around the one error line
@@ -274,6 +274,9 @@ def _quantization_args(parser_, search: bool = True) -> None:
                         "weights with --mode weight-only (a scale per --group-size weights); default 8")
     q.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 0],
                    help="with --weight-bits 4: weights per scale along K (default 128; 0: one per output channel)")
+    q.add_argument("--smooth-quant", type=float, metavar="ALPHA",
+                   help="SmoothQuant: move activation outliers into the matmul weights before calibration "
+                        "(alpha in [0, 1], e.g. 0.5; for transformers)")
     q.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric activations (default int8 symmetric)")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="keep biases as trained (default: correct them for the mean weight-quantization error)")

@@ -24,6 +24,7 @@ from .insert_qdq import insert_qdq, weight_axis
 from .params import QParams, activation_qparams, weight_qparams
 from .ranges import METHODS
 from .realize import realize
+from .smooth import smooth
 
 STATIC_MODES = ("static", "simulate")
 PRECISIONS = ("int4", "int8", "fp16", "fp32")  # per compute layer: int4 = 4-bit weights, int8 activations
@@ -46,6 +47,8 @@ class QuantConfig:
     skip_layers: frozenset = field(default_factory=frozenset)
     skip_ops: frozenset = field(default_factory=frozenset)
     precisions: dict = field(default_factory=dict)  # layer -> int4 | int8 | fp16 | fp32; others int8
+    # SmoothQuant's alpha in [0, 1] (smooth.py): activation outliers moved into the weights before calibration
+    smooth_quant: float | None = None
     # activation ranges fixed by hand, (lo, hi) by site or layer name (a layer's is its output's): calibration's are replaced
     ranges: dict = field(default_factory=dict)
     progress: bool = True
@@ -64,6 +67,8 @@ class QuantConfig:
                                 "(per-layer int4 with int8 activations: --quantize mixed or --precision-config)")
         if self.group_size not in (0, *GROUP_SIZES):
             raise QCompileError(f"--group-size {self.group_size}: choose 32, 64, 128, or 0 (one group per channel)")
+        if self.smooth_quant is not None and not (0.0 <= self.smooth_quant <= 1.0 and self.mode in STATIC_MODES):
+            raise QCompileError(f"--smooth-quant {self.smooth_quant}: an alpha in [0, 1], with --mode static or simulate")
         bad = {layer: p for layer, p in self.precisions.items() if p not in PRECISIONS}
         if bad:
             layer, p = next(iter(bad.items()))
@@ -88,6 +93,8 @@ class QuantConfig:
                      "weights": self.weights(),
                      "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
                      "bias_correction": self.bias_correction}
+        if self.smooth_quant is not None:
+            described["smooth_quant_alpha"] = self.smooth_quant
         if self.precisions:
             described["precisions"] = dict(self.precisions)
         if self.ranges:
@@ -161,7 +168,7 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     half = {c.compute_var[n] for n, prec in config.precisions.items() if prec == "fp16" and n in c.compute_var}
     # fp16 before realize: it renames the float bindings it re-emits
     simulated = half_precision(insert_qdq(c.annotated, c.qparams, config.per_channel, c.means, c.weight_bits), half)
-    report["layers"] = _report(mod, c.plan, c.qparams, config)
+    report["layers"] = _report(c.float_mod, c.plan, c.qparams, config)
     report["calibration_batches"] = len(c.batches)
     if config.mode == "simulate":
         return simulated, report
@@ -189,6 +196,8 @@ def calibrate_model(mod, inputs, calib, config: QuantConfig, layer_names=None, *
     if engine is None:
         raise TypeError("quantize_module: the static and simulate modes need an engine to calibrate with")
     batches = load_calibration(calib, inputs)
+    if config.smooth_quant is not None:
+        mod = smooth(mod, batches, [t.name for t in inputs], engine, config.smooth_quant)
     policy = Policy(config.float_layers(), frozenset(config.skip_ops))
     p = plan(mod, layer_names, policy)
     _check_skips(p, config)
