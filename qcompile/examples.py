@@ -23,12 +23,65 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
-def fashion_mnist_cnn_onnx() -> Path:
-    """The project's Fashion-MNIST CNN (1x28x28 -> 10 classes), trained by models/fashion_mnist/train.py."""
-    path = REPO / "models" / "fashion_mnist" / "fashion_mnist_cnn.onnx"
+def _repo_model(*parts: str) -> Path:
+    path = REPO.joinpath("models", *parts)
     if not path.is_file():
         raise QCompileError(f"{path}: missing; run from a clone of the repository (pip install -e .)")
     return path
+
+
+def fashion_mnist_cnn_onnx() -> Path:
+    """The project's Fashion-MNIST CNN (1x28x28 -> 10 classes), trained by models/fashion_mnist/train.py."""
+    return _repo_model("fashion_mnist", "fashion_mnist_cnn.onnx")
+
+
+def fashion_mnist_vit_onnx() -> Path:
+    """The project's Fashion-MNIST vision transformer (1x28x28 -> 10 classes), models/fashion_vit/train.py."""
+    return _repo_model("fashion_vit", "fashion_mnist_vit.onnx")
+
+
+def char_lm_onnx() -> Path:
+    """The project's character-level language model (tokens [N, LM_CONTEXT] -> next-character logits
+    [N, LM_CONTEXT, 128]), trained on Python's standard library by models/char_lm/train.py."""
+    return _repo_model("char_lm", "char_lm.onnx")
+
+
+LM_CONTEXT = 64  # the language model's window
+LM_VOCAB = 128  # ASCII; any other character reads as '?'
+
+
+def python_source_text(split: str) -> str:
+    """The standard library's top-level modules (this interpreter's own sources) as one ASCII text:
+    every tenth file (in name order) is the held-out `test` split, the rest `train`."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    chosen = [f for i, f in enumerate(files) if (i % 10 == 9) == (split == "test")]
+    text = "\n".join(f.read_text(encoding="utf-8", errors="replace") for f in chosen)
+    return "".join(c if ord(c) < LM_VOCAB else "?" for c in text)
+
+
+def char_windows(text: str, count: int, seed: int | None = None):
+    """`count` windows of LM_CONTEXT + 1 characters as int64 codes: evenly spaced through the text
+    (seed None), or at random offsets. A window's first LM_CONTEXT codes are the input, its last
+    LM_CONTEXT the next-character targets."""
+    import numpy as np
+
+    codes = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64)
+    span = len(codes) - LM_CONTEXT - 1
+    starts = (np.linspace(0, span, count).astype(np.int64) if seed is None
+              else np.random.default_rng(seed).integers(0, span, count))
+    return np.stack([codes[s:s + LM_CONTEXT + 1] for s in starts])
+
+
+def lm_metrics(logits, targets) -> dict:
+    """Next-character accuracy (%) and perplexity of logits [N, T, V] against targets [N, T]."""
+    import numpy as np
+
+    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, targets[..., None], -1).mean()
+    return {"accuracy": float((logits.argmax(-1) == targets).mean() * 100), "perplexity": float(np.exp(nll))}
 
 
 def fashion_mnist(split: str):

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import QCompileError
 from ..ir import const_value, is_const, main_bindings, op_name
 from ..layers import layer_table
-from ..ops import OP_KINDS, short_name
+from ..ops import FLOAT_ONLY, OP_KINDS, short_name
 from .annotate import Plan, Policy, annotate, plan
 from .blockwise import GROUP_SIZES
 from .calib_data import load_calibration
@@ -135,8 +135,29 @@ def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> l
             w = const_value(first.args[1])
             bits = 4 if row["precision"] == "int4" else config.weight_bits
             row["weight"] = _scale_summary(weight_qparams(w, weight_axis(op_name(first), w, config.per_channel, first.attrs), bits))
+        if not node.quantized:
+            row["why"] = _why_float(node, config)
         rows.append(row)
+    counts: dict = {}
+    for _, value in main_bindings(mod):  # ops with no integer form: float islands, said so
+        op = op_name(value)
+        if op in FLOAT_ONLY:
+            counts[op] = counts.get(op, 0) + 1
+            rows.append({"name": f"{short_name(op)}_{counts[op] - 1}", "op": short_name(op), "precision": "fp32",
+                         "inputs": [], "output": None, "why": FLOAT_ONLY[op]})
     return rows
+
+
+def _why_float(node, config: QuantConfig) -> str:
+    if node.name in config.skip_layers:
+        return "kept float by --skip"
+    if config.precisions.get(node.name) in ("fp16", "fp32"):
+        return f"{config.precisions[node.name]} by the precision config"
+    if node.op in config.skip_ops:
+        return f"kept float by --skip-op {node.op}"
+    if node.kind == "elementwise":
+        return "no int8 layer reads it, so a lookup table would save nothing"
+    return "kept float"
 
 
 def quantize_and_simulate(mod, inputs, calib, config: QuantConfig, layer_names=None, *, engine=None):
