@@ -256,7 +256,8 @@ def _quantization_args(parser_, search: bool = True) -> None:
     if search:
         q.add_argument("--quantize", choices=["int8", "mixed"],
                        help="int8: quantize every layer (pre-quantized QDQ models need no flag); mixed: search "
-                            "int4/int8/fp16/fp32 per layer under --max-accuracy-drop")
+                            "int4/int8/int4w/fp16/fp32 per layer under --max-accuracy-drop (int4w: block-wise int4 matmul "
+                            "weights, float activations)")
     q.add_argument("--mode", default="static", choices=["static", "simulate", "dynamic", "weight-only"],
                    help="static: integer kernels from calibration (default); simulate: fake-quant in float; "
                         "dynamic / weight-only: int8 matmul weights, no calibration")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tvm
 from conftest import requires
+from test_vulkan import needs_vulkan
 from tvm import relax
 from tvm.relax import op as R
 
@@ -18,7 +19,15 @@ from qcompile.ir import const_value, is_const
 from qcompile.layers import layer_table
 from qcompile.ops import INT4_MATMUL_KERNEL
 from qcompile.quantize import QuantConfig
-from qcompile.quantize.blockwise import dequantize_blockwise, int4_matmul_te, pack_int4, quantize_blockwise, unpack_int4
+from qcompile.quantize.blockwise import (
+    dequantize_blockwise,
+    int4_matmul_te,
+    pack_int4,
+    pack_int4_words,
+    quantize_blockwise,
+    unpack_int4,
+    unpack_int4_words,
+)
 from qcompile.quantize.dynamic import dynamic_quantize
 from qcompile.targets import detect_host, get_target
 
@@ -61,6 +70,14 @@ def test_pack_two_codes_per_byte():
     np.testing.assert_array_equal(unpack_int4(packed), codes)
 
 
+def test_pack_eight_codes_per_word():
+    codes = RNG.integers(-8, 8, (3, 16)).astype(np.int8)
+    words = pack_int4_words(codes)
+    assert words.dtype == np.int32 and words.shape == (3, 2)
+    assert (words.view(np.uint32) & 0xF == codes[:, 0::8].view(np.uint8) & 0xF).all()  # code 8i in the low bits
+    np.testing.assert_array_equal(unpack_int4_words(words), codes)
+
+
 def _matmul_module(shape, w, relu=True):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(shape, "float32"))
@@ -81,7 +98,7 @@ def test_rewrite_before_expected():
     with bb.function("main", [x]):
         with bb.dataflow():
             x2 = bb.emit(R.reshape(x, (10, 64)))
-            y = bb.emit_te(int4_matmul_te, x2, relax.const(pack_int4(codes), "int8"), relax.const(scales, "float32"),
+            y = bb.emit_te(int4_matmul_te, x2, relax.const(pack_int4_words(codes), "int32"), relax.const(scales, "float32"),
                            primfunc_name_hint=INT4_MATMUL_KERNEL)
             y = bb.emit(R.reshape(y, (2, 5, 12)))
             out = bb.emit_output(bb.emit(R.nn.relu(y)))  # rewrite_main re-emits the output binding
@@ -151,7 +168,8 @@ def test_cpu_repacks_int4_and_drops_the_portable_kernel():
     packed = pack_float_pass(float_kernel(lanes))(mod)
     names = sorted(str(gv.name_hint) for gv in packed.get_global_vars())
     assert names == sorted(["main", FLOAT_KERNEL_NAME])
-    codes, lane_scales = pack_int4_blockwise(pack_int4(quantize_blockwise(w, 32)[0]), quantize_blockwise(w, 32)[1], lanes)
+    codes, scales = quantize_blockwise(w, 32)
+    codes, lane_scales = pack_int4_blockwise(pack_int4_words(codes), scales, lanes)
     assert codes.shape == (-(-20 // lanes), 96, lanes // 2) and lane_scales.shape == (-(-20 // lanes), 3, lanes)
     # the artifact holds half a byte per weight (plus a scale per group), not a float copy
     consts = [const_value(c) for c in _constants(packed["main"])]
@@ -170,7 +188,28 @@ def test_cuda_codegen():
     mod = dynamic_quantize(_matmul_module((4, 128), w), "weight-only", weight_bits=4, group_size=64)
     ex = backend_for(get_target("cuda-sm80")).compile(mod)
     src = "".join(m.inspect_source() for m in ex.mod._collect_from_import_tree(lambda m: m.kind == "cuda"))
-    assert INT4_MATMUL_KERNEL in src and ">> 4" in src  # the nibbles are decoded on the GPU
+    assert INT4_MATMUL_KERNEL in src and ">> 28" in src  # the codes are decoded on the GPU
+
+
+@needs_vulkan
+def test_vulkan_runs_the_portable_kernel(tmp_path):
+    """WGSL has no 8-bit storage: the portable kernel reads its codes as 32-bit words."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qcompile
+
+    w = RNG.standard_normal((72, 20)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "m",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 72])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 20])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "mm.onnx"))
+    quantize = {"mode": "weight-only", "weight_bits": 4, "group_size": 64, "progress": False}
+    built = qcompile.build(tmp_path / "mm.onnx", "vulkan", tmp_path / "m.vkz", quantize=quantize)
+    xv = RNG.standard_normal((4, 72)).astype(np.float32)
+    got = qcompile.run(built.artifact, {"x": xv}).outputs["y"]
+    np.testing.assert_allclose(got, _reference(xv, w, 64), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("config, message", [

@@ -167,7 +167,7 @@ def test_mixed_build_honours_the_budget_and_its_config_rebuilds_the_same_artifac
     config = json.loads((tmp_path / "mixed.precision.json").read_text())
     assert (tmp_path / "mixed.precision.md").read_text().count("| /") == 6
     assert (tmp_path / "mixed.precision.png").stat().st_size > 10_000
-    assert set(config["precisions"].values()) <= {"int4", "int8", "fp16", "fp32"}
+    assert set(config["precisions"].values()) <= {"int4", "int8", "int4w", "fp16", "fp32"}
     assert "int4" in config["precisions"].values()  # a 1-point budget affords 4-bit weights somewhere
     accepted = [c for c in config["checked"] if c["accepted"]]
     assert len(accepted) == 1 and accepted[0]["real_drop"] <= 1.0 and accepted[0]["precisions"] == config["precisions"]

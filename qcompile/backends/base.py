@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import QCompileError, compiling
 from .families import family
 
-PRECISIONS = ("int4", "int8", "fp16", "fp32")
+PRECISIONS = ("int4", "int8", "int4w", "fp16", "fp32")
 
 
 class Backend:

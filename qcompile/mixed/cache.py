@@ -38,8 +38,13 @@ class Cache:
             Path(tmp).write_text(json.dumps(self.data))
 
 
+# Bumped when the tables' contents change meaning (2: int4w joined the precisions), so older caches are not read
+CACHE_VERSION = b"2"
+
+
 def cache_key(model, spec, calib_batches, labels, base) -> str:
-    h = hashlib.sha256(Path(model).read_bytes() if Path(str(model)).is_file() else str(model).encode())
+    h = hashlib.sha256(CACHE_VERSION)
+    h.update(Path(model).read_bytes() if Path(str(model)).is_file() else str(model).encode())
     h.update(spec.name.encode())
     for b in calib_batches:
         for k in sorted(b):

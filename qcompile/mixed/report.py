@@ -17,7 +17,7 @@ UNITS = {"latency": ("us", 1.0), "size": ("KB", 1e-3)}
 
 def layer_table_md(result) -> str:
     unit, scale = UNITS[result.objective]
-    precisions = ("int4", "int8", "fp16")
+    precisions = ("int4", "int8", "int4w", "fp16")
     head = ("| layer | op | group | " + " | ".join(f"noise {p}" for p in precisions) + " | "
             + " | ".join(f"drop {p} (points)" for p in precisions) + " | "
             + " | ".join(f"{result.objective} {p} ({unit})" for p in (*precisions, "fp32")) + " | chosen |")

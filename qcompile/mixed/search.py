@@ -1,4 +1,4 @@
-"""Mixed precision: choose int4 / int8 / fp16 / fp32 per compute layer under a maximum drop of
+"""Mixed precision: choose int4 / int8 / int4w / fp16 / fp32 per compute layer under a maximum drop of
 the top-1 metric, minimising measured latency or bytes, then build the choice.
 
     sensitivity (quantize/sensitivity.py) -> per-layer cost (measured here) and, for latency, the
@@ -39,6 +39,12 @@ from .config import OBJECTIVES, MixedResult
 from .latency import boundary_costs, measure_conversions, measure_layer_latency
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+def bytes_per_weight(precision: str, group_size: int) -> float:
+    if precision == "int4w":  # half a byte, and a float32 scale per group
+        return 0.5 + (4.0 / group_size if group_size else 0.0)
+    return BYTES_PER_WEIGHT[precision]
 
 
 def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: str = "latency", base=None,
@@ -83,7 +89,7 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
     layers = compute_layers(mod, p)
     if not layers:
         raise QCompileError(f"{imported.source}: no convolution or matmul with constant weights to choose a precision for")
-    sim = Simulator(mod, p, qparams, layers, batches, names, host_engine, base.per_channel)
+    sim = Simulator(mod, p, qparams, layers, batches, names, host_engine, base.per_channel, base.group_size)
     float_metric = top1_metric(sim.reference, sim.reference, labels)
     sens = cache.get("sensitivity", lambda: layer_sensitivity(sim, labels, progress))
 
@@ -91,7 +97,8 @@ def search(prepared, calib, *, labels=None, max_drop: float = 0.5, objective: st
     nodes = {n.name: n for n in p.nodes}
     edges = []
     if objective == "size":
-        cost = {l.name: {q: l.weight.size * BYTES_PER_WEIGHT[q] for q in allowed[l.name]} for l in layers}
+        cost = {l.name: {q: l.weight.size * bytes_per_weight(q, base.group_size) for q in allowed[l.name]}
+                for l in layers}
     else:
         def latencies():
             from tqdm import tqdm

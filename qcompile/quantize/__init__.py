@@ -27,7 +27,10 @@ from .realize import realize
 from .smooth import smooth
 
 STATIC_MODES = ("static", "simulate")
-PRECISIONS = ("int4", "int8", "fp16", "fp32")  # per compute layer: int4 = 4-bit weights, int8 activations
+# per compute layer: int4 = 4-bit weights, int8 activations; int4w = int4 block-wise weights
+# (blockwise.py, groups of QuantConfig.group_size), float activations: a matmul only
+PRECISIONS = ("int4", "int8", "int4w", "fp16", "fp32")
+FLOAT_ACTIVATIONS = ("int4w", "fp16", "fp32")
 ALL_MODES = STATIC_MODES + DYNAMIC_MODES
 
 
@@ -76,7 +79,10 @@ class QuantConfig:
 
     def float_layers(self) -> frozenset:
         """Layers left as float islands: skipped, or given fp16/fp32."""
-        return frozenset(self.skip_layers) | {n for n, p in self.precisions.items() if p in ("fp16", "fp32")}
+        return frozenset(self.skip_layers) | {n for n, p in self.precisions.items() if p in FLOAT_ACTIVATIONS}
+
+    def blockwise_layers(self) -> frozenset:
+        return frozenset(n for n, p in self.precisions.items() if p == "int4w")
 
     def weights(self) -> str:
         if self.weight_bits == 4:
@@ -119,7 +125,7 @@ def _scale_summary(qp: QParams | None) -> dict | None:
 def _precision(node, config: QuantConfig) -> str:
     chosen = config.precisions.get(node.name)
     if not node.quantized:
-        return "fp16" if chosen == "fp16" else "fp32"
+        return chosen if chosen in ("fp16", "int4w") else "fp32"
     return "int4" if chosen == "int4" and node.kind == "compute" else "int8"
 
 
@@ -151,6 +157,8 @@ def _report(mod, p: Plan, qparams: dict[str, QParams], config: QuantConfig) -> l
 def _why_float(node, config: QuantConfig) -> str:
     if node.name in config.skip_layers:
         return "kept float by --skip"
+    if config.precisions.get(node.name) == "int4w":
+        return f"int4 block-wise weights (groups of {config.group_size}) with float activations, by the precision config"
     if config.precisions.get(node.name) in ("fp16", "fp32"):
         return f"{config.precisions[node.name]} by the precision config"
     if node.op in config.skip_ops:
@@ -189,6 +197,9 @@ def quantize_module(mod, inputs, calib=None, config: QuantConfig | None = None, 
     half = {c.compute_var[n] for n, prec in config.precisions.items() if prec == "fp16" and n in c.compute_var}
     # fp16 before realize: it renames the float bindings it re-emits
     simulated = half_precision(insert_qdq(c.annotated, c.qparams, config.per_channel, c.means, c.weight_bits), half)
+    if config.blockwise_layers():  # float matmuls in the plan; their weights become int4 block-wise kernels here
+        simulated = dynamic_quantize(simulated, "weight-only", layers=config.blockwise_layers(), names=layer_names,
+                                     weight_bits=4, group_size=config.group_size)
     report["layers"] = _report(c.float_mod, c.plan, c.qparams, config)
     report["calibration_batches"] = len(c.batches)
     if config.mode == "simulate":

@@ -29,8 +29,8 @@ def _groups(w_nk: np.ndarray, group_size: int) -> tuple[np.ndarray, int]:
 def quantize_blockwise(w_kn: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     """W[K, N] (a matmul's weight) -> (codes int8 [N, Kp] in [-8, 7], scales float32 [N, G]),
     Kp = G * group_size (the padding's codes are 0)."""
-    if group_size <= 0:  # one group spanning K: per-output-channel int4
-        group_size = w_kn.shape[0]
+    if group_size <= 0:  # one group spanning K (a whole number of 32-bit words): per-output-channel int4
+        group_size = -(-w_kn.shape[0] // WORD_CODES) * WORD_CODES
     groups, _ = _groups(np.ascontiguousarray(w_kn.T, np.float32), group_size)
     amax = np.abs(groups).max(-1, keepdims=True)
     best_err = np.full(amax.shape, np.inf, np.float32)
@@ -68,22 +68,44 @@ def unpack_int4(packed: np.ndarray) -> np.ndarray:
     return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.int8)
 
 
+WORD_CODES = 8  # codes per int32 word in the portable kernel's operand
+
+
+def pack_int4_words(codes: np.ndarray) -> np.ndarray:
+    """[N, Kp] codes -> int32 [N, Kp/8], code 8i+j in bits 4j..4j+3 of word i: the portable kernel's
+    operand (32-bit words, since WGSL and some GPU paths have no 8-bit storage)."""
+    n, kp = codes.shape
+    nibbles = (codes.astype(np.int64) & 0xF).reshape(n, kp // WORD_CODES, WORD_CODES)
+    return (nibbles << (4 * np.arange(WORD_CODES))).sum(-1).astype(np.uint32).view(np.int32)
+
+
+def unpack_int4_words(words: np.ndarray) -> np.ndarray:
+    """The inverse of pack_int4_words (sign-extended codes)."""
+    v = words.astype(np.int64)[..., None] >> (4 * np.arange(WORD_CODES))
+    codes = ((v & 0xF) ^ 8) - 8
+    return codes.reshape(*words.shape[:-1], -1).astype(np.int8)
+
+
 def nibble(byte, odd):
     """The sign-extended code in an int8 `byte` (TIR): the low nibble, or the high one where `odd`."""
     b = byte.astype("int32")
     return tirx.if_then_else(odd, b >> 4, (b << 28) >> 28)
 
 
-def int4_matmul_te(x, packed, scales):
-    """The portable kernel: x[M, K] float32, packed int8 [N, Kp/2], scales float32 [N, G] -> y[M, N].
-    The CPU families replace it with their packed float kernel (backends/packed); other targets
-    (CUDA) schedule it as it is."""
+def int4_matmul_te(x, words, scales):
+    """The portable kernel: x[M, K] float32, codes int32 [N, Kp/8] (pack_int4_words), scales float32
+    [N, G] -> y[M, N]. The CPU families replace it with their packed float kernel (backends/packed);
+    other targets (CUDA, Vulkan) schedule it as it is."""
     m, k = x.shape
-    n, half = packed.shape
-    group_size = int(half) * 2 // int(scales.shape[1])
+    n, n_words = words.shape
+    group_size = int(n_words) * WORD_CODES // int(scales.shape[1])
     r = te.reduce_axis((tirx.IntImm("int64", 0), k), "k")
+
+    def code(j, kk):  # shift the code to the top nibble, then arithmetic-shift it down: sign-extended
+        shift = (28 - 4 * (kk % WORD_CODES)).astype("int32")
+        return (words[j, kk // WORD_CODES] << shift) >> 28
+
     return te.compute(
         (m, n),
-        lambda i, j: te.sum(x[i, r] * nibble(packed[j, r // 2], r % 2 == 1).astype("float32")
-                            * scales[j, r // group_size], axis=r),
+        lambda i, j: te.sum(x[i, r] * code(j, r).astype("float32") * scales[j, r // group_size], axis=r),
         name="int4_matmul")

@@ -14,7 +14,7 @@ from tvm.relax import op as R
 from ..ir import const, const_value, emit_as_is, is_const, is_var, op_name, rewrite_main, tensor_dtype
 from ..layers import compute_layer_names
 from ..ops import INT4_MATMUL_KERNEL
-from .blockwise import int4_matmul_te, pack_int4, quantize_blockwise
+from .blockwise import int4_matmul_te, pack_int4_words, quantize_blockwise
 from .params import weight_qparams
 
 MODES = ("dynamic", "weight-only")
@@ -31,7 +31,7 @@ def _emit_int4(bb, x, w: np.ndarray, group_size: int, name: str):
     *lead, k = (int(d) for d in x.ty.shape.values)
     codes, scales = quantize_blockwise(w, group_size)
     x2 = bb.emit(R.reshape(x, (int(np.prod(lead, dtype=np.int64)), k))) if len(lead) != 1 else x
-    args = (x2, relax.const(pack_int4(codes), "int8"), relax.const(scales, "float32"))
+    args = (x2, relax.const(pack_int4_words(codes), "int32"), relax.const(scales, "float32"))
     if len(lead) == 1:
         return bb.emit_te(int4_matmul_te, *args, primfunc_name_hint=INT4_MATMUL_KERNEL, name_hint=name)
     y = bb.emit_te(int4_matmul_te, *args, primfunc_name_hint=INT4_MATMUL_KERNEL)
@@ -39,8 +39,9 @@ def _emit_int4(bb, x, w: np.ndarray, group_size: int, name: str):
 
 
 def dynamic_quantize(mod, mode: str = "dynamic", per_channel: bool = True, skip_layers=frozenset(), names=None,
-                     weight_bits: int = 8, group_size: int = 128):
-    """The DynamicQuantize pass over every float matmul with a constant weight."""
+                     weight_bits: int = 8, group_size: int = 128, layers=None):
+    """The DynamicQuantize pass over every float matmul with a constant weight (of `layers` only,
+    where given: the mixed-precision layers chosen as int4w)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
     layer_of = compute_layer_names(mod, names)
@@ -48,6 +49,7 @@ def dynamic_quantize(mod, mode: str = "dynamic", per_channel: bool = True, skip_
     def rule(bb, var, value):
         if (op_name(value) != "matmul" or not is_var(value.args[0]) or not is_const(value.args[1])
                 or tensor_dtype(value.args[0]) != "float32" or layer_of.get(var) in skip_layers
+                or (layers is not None and layer_of.get(var) not in layers)
                 or const_value(value.args[1]).ndim < 2):  # x @ w[K] has no output channel to scale
             return emit_as_is(bb, var, value)
         x, w = value.args[0], const_value(value.args[1])

@@ -1,5 +1,5 @@
-"""sensitivity: how much each compute layer, lowered alone to int4, int8 or fp16, changes the
-model's output, measured on calibration data.
+"""sensitivity: how much each compute layer, lowered alone to int4, int8, int4w (block-wise int4
+weights, float activations) or fp16, changes the model's output, measured on calibration data.
 
 One module is compiled for every configuration ("switchable"): each compute layer reads its
 weight as a new input and its activation through
@@ -7,7 +7,8 @@ weight as a new input and its activation through
     x' = x + q * (qdq(x) - x) + h * (fp16(x) - x)
 
 with `q` and `h` scalar inputs, so a layer is fp32 (q = h = 0), int8 activations (q = 1, weight
-fake-quantized to 8 or 4 bits) or fp16 (h = 1, weight rounded to float16). Any per-layer
+fake-quantized to 8 or 4 bits), int4w (q = h = 0, block-wise int4 weight) or fp16 (h = 1, weight
+rounded to float16). Any per-layer
 configuration is then a set of arguments, not a build: the per-layer sweep and the evaluation of
 whole candidate configurations both run on it."""
 
@@ -21,10 +22,11 @@ from tvm.relax import op as R
 
 from ..ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main
 from .annotate import Plan
+from .blockwise import dequantize_blockwise, quantize_blockwise
 from .insert_qdq import fake_quantize_weight, qdq
 from .params import QParams
 
-LOWERED = ("int4", "int8", "fp16")  # what a layer is lowered to from fp32
+LOWERED = ("int4", "int8", "int4w", "fp16")  # what a layer is lowered to from fp32
 
 
 @dataclass(frozen=True)
@@ -34,17 +36,22 @@ class Layer:
     weight: np.ndarray
     depthwise: bool  # grouped convolution (no 4-bit storage in the packed kernels)
 
-    def weight_for(self, precision: str, per_channel: bool = True) -> np.ndarray:
+    def weight_for(self, precision: str, per_channel: bool = True, group_size: int = 128) -> np.ndarray:
         if precision == "fp32":
             return self.weight
         if precision == "fp16":
             return self.weight.astype(np.float16).astype(np.float32)
+        if precision == "int4w":
+            codes, scales = quantize_blockwise(self.weight, group_size)
+            return dequantize_blockwise(codes, scales, self.weight.shape[0])
         return fake_quantize_weight(self.op, self.weight, per_channel, 4 if precision == "int4" else 8)
 
     def allowed(self) -> tuple[str, ...]:
         """Precisions this layer has real kernels for."""
         if self.op == "nn.conv1d":
             return ("int8", "fp32")
+        if self.op == "matmul" and self.weight.ndim == 2:
+            return ("int4", "int8", "int4w", "fp16", "fp32")
         return ("int8", "fp16", "fp32") if self.depthwise else ("int4", "int8", "fp16", "fp32")
 
 
@@ -91,9 +98,10 @@ class Simulator:
     """Runs any per-layer configuration of one compiled switchable module."""
 
     def __init__(self, mod, p: Plan, qparams: dict[str, QParams], layers: list[Layer], batches: list[dict],
-                 input_names: list[str], engine, per_channel: bool = True):
+                 input_names: list[str], engine, per_channel: bool = True, group_size: int = 128):
         self.layers = layers
         self.per_channel = per_channel
+        self.group_size = group_size
         self.vm = engine(switchable_module(mod, p, qparams, layers))
         self.inputs = as_tensors(batches, input_names)
         self._weights: dict = {}
@@ -104,7 +112,7 @@ class Simulator:
 
         key = (i, precision)
         if key not in self._weights:
-            self._weights[key] = tvm.runtime.tensor(self.layers[i].weight_for(precision, self.per_channel).astype(np.float32))
+            self._weights[key] = tvm.runtime.tensor(self.layers[i].weight_for(precision, self.per_channel, self.group_size).astype(np.float32))
         return self._weights[key]
 
     def run(self, config: dict[str, str]) -> np.ndarray:

@@ -31,7 +31,7 @@ from tvm import relax, te, tirx
 
 from ...ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
 from ...layers import is_int4_matmul
-from ...quantize.blockwise import nibble, pack_int4, unpack_int4
+from ...quantize.blockwise import WORD_CODES, nibble, pack_int4, unpack_int4_words
 from ..families import Int8Kernel
 
 RULE = "qcompile_int8_dot"
@@ -151,12 +151,12 @@ def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int
 WEIGHT_STAGE = "dequant_int4"  # the int4 kernel's weight stage: scheduled inside the dot's channel loop
 
 
-def pack_int4_blockwise(packed: np.ndarray, scales: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The portable kernel's operands (codes [N, Kp/2], scales [N, G]) in the packed float kernel's
+def pack_int4_blockwise(words: np.ndarray, scales: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The portable kernel's operands (codes int32 [N, Kp/8], scales [N, G]) in the packed float kernel's
     order: codes [N/lanes, Kp, lanes/2] and scales [N/lanes, G, lanes], zero-padded. Byte j of a
     row holds lane j in its low nibble and lane j + lanes/2 in its high one, so each half of the
     vector decodes from lanes/2 contiguous bytes with the same shift (no per-lane select)."""
-    codes = unpack_int4(packed)
+    codes = unpack_int4_words(words)
     n, kp = codes.shape
     oco, half = -(-n // lanes), lanes // 2
     padded = np.zeros((oco * lanes, kp), np.int8)
@@ -305,12 +305,12 @@ def _rule(kernel: Int8Kernel):
 
 def _float_rule(kernel: Int8Kernel):
     def _emit_int4_matmul(bb, call, var):
-        x, packed, scales = call.args[1].fields
+        x, words, scales = call.args[1].fields
         m, k = (int(d) for d in x.ty.shape.values)
-        packed, scales = const_value(packed), const_value(scales)
+        words, scales = const_value(words), const_value(scales)
         n = int(var.ty.shape.values[1])
-        codes, lane_scales = pack_int4_blockwise(packed, scales, kernel.lanes)
-        te_func = functools.partial(packed_int4_conv_te, group_size=packed.shape[1] * 2 // scales.shape[1],
+        codes, lane_scales = pack_int4_blockwise(words, scales, kernel.lanes)
+        te_func = functools.partial(packed_int4_conv_te, group_size=words.shape[1] * WORD_CODES // scales.shape[1],
                                     out_channels=n, kernel=kernel, **ONE_BY_ONE, layout="NCHW")
         x4 = bb.emit(relax.op.reshape(x, (m, k, 1, 1)))
         y = bb.emit_te(te_func, x4, relax.const(codes, "int8"), relax.const(lane_scales, "float32"),
