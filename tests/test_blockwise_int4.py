@@ -14,7 +14,6 @@ from tvm import relax
 from tvm.relax import op as R
 
 from qcompile.backends import backend_for
-from qcompile.backends.packed.pack import FLOAT_KERNEL_NAME, pack_float_pass, pack_int4_blockwise
 from qcompile.ir import const_value, is_const
 from qcompile.layers import layer_table
 from qcompile.ops import INT4_MATMUL_KERNEL
@@ -24,6 +23,7 @@ from qcompile.quantize.blockwise import (
     int4_matmul_te,
     pack_int4,
     pack_int4_words,
+    portable_operands,
     quantize_blockwise,
     unpack_int4,
     unpack_int4_words,
@@ -98,7 +98,8 @@ def test_rewrite_before_expected():
     with bb.function("main", [x]):
         with bb.dataflow():
             x2 = bb.emit(R.reshape(x, (10, 64)))
-            y = bb.emit_te(int4_matmul_te, x2, relax.const(pack_int4_words(codes), "int32"), relax.const(scales, "float32"),
+            words, group_scales = portable_operands(codes, scales)
+            y = bb.emit_te(int4_matmul_te, x2, relax.const(words, "int32"), relax.const(group_scales, "float32"),
                            primfunc_name_hint=INT4_MATMUL_KERNEL)
             y = bb.emit(R.reshape(y, (2, 5, 12)))
             out = bb.emit_output(bb.emit(R.nn.relu(y)))  # rewrite_main re-emits the output binding
@@ -158,22 +159,17 @@ def test_packed_kernel_matches_numpy(target_name, shape, n, group_size):
     np.testing.assert_allclose(_run(mod, target_name, xv), _reference(xv, w, group_size), rtol=1e-5, atol=1e-4)
 
 
-def test_cpu_repacks_int4_and_drops_the_portable_kernel():
-    from qcompile.backends.families import FAMILIES
-    from qcompile.backends.packed.pack import float_kernel
-
+def test_cpu_keeps_half_a_byte_per_weight():
+    """Through the CPU backend's Relax passes the kernel keeps its int4 operands: no float copy of
+    the weights is made at build time (constant folding cannot see through the kernel)."""
     w = RNG.standard_normal((96, 20)).astype(np.float32)
     mod = dynamic_quantize(_matmul_module((3, 96), w), "weight-only", weight_bits=4, group_size=32)
-    lanes = FAMILIES[get_target("x86-avx2").schedule_family].float_lanes
-    packed = pack_float_pass(float_kernel(lanes))(mod)
-    names = sorted(str(gv.name_hint) for gv in packed.get_global_vars())
-    assert names == sorted(["main", FLOAT_KERNEL_NAME])
-    codes, scales = quantize_blockwise(w, 32)
-    codes, lane_scales = pack_int4_blockwise(pack_int4_words(codes), scales, lanes)
-    assert codes.shape == (-(-20 // lanes), 96, lanes // 2) and lane_scales.shape == (-(-20 // lanes), 3, lanes)
-    # the artifact holds half a byte per weight (plus a scale per group), not a float copy
-    consts = [const_value(c) for c in _constants(packed["main"])]
-    assert sum(c.nbytes for c in consts) < w.nbytes / 4
+    backend = backend_for(get_target("x86-avx2"))
+    with backend.tvm_target():
+        lowered = tvm.transform.Sequential(backend.fused_module_passes(backend.tvm_target()))(mod)
+    consts = [const_value(c) for c in _constants(lowered["main"])]
+    assert consts and sum(c.nbytes for c in consts) < w.nbytes / 4
+    assert not any(c.dtype == np.float32 and c.size >= w.size for c in consts)
 
 
 def _constants(func):

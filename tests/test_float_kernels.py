@@ -90,15 +90,15 @@ def test_packed_float_kernels_use_fused_multiply_add(target):
     assert FMA["arm" if get_target(target).arch == "aarch64" else "x86"] in lib.mod.inspect_source("asm")
 
 
-def test_a_float_build_runs_its_convolutions_and_matmul_on_packed_kernels():
-    """The Fashion-MNIST CNN in float for this CPU: no convolution or matmul is left to TVM's
-    kernels, activations stay channels-last between the packed ones, and the build verifies."""
+def test_a_float_build_runs_its_convolutions_on_packed_kernels():
+    """The Fashion-MNIST CNN in float for this CPU: no convolution is left to TVM's kernels (its
+    matmul is the default schedule's), activations stay channels-last between the packed ones."""
     from qcompile.builder import prepare
     from qcompile.ir import main_bindings, op_name
 
     p = prepare(fashion_mnist_cnn_onnx(), "host", {"image": [1, 1, 28, 28]})
     ops = [op_name(v) for _, v in main_bindings(tvm.transform.Sequential(backend_for(p.spec).relax_passes())(p.mod))]
-    assert "nn.conv2d" not in ops and "matmul" not in ops and ops.count("call_tir") >= 3
+    assert "nn.conv2d" not in ops and "matmul" in ops and ops.count("call_tir") >= 2
     assert ops.count("permute_dims") <= 2  # the input into NHWC and the classifier's flatten back
 
 

@@ -176,9 +176,9 @@ def test_matmul_becomes_reshape_packed_1x1_conv_reshape():
     def expected(bb, x):
         w_oihw = np.ascontiguousarray(WM.T).reshape(7, 12, 1, 1)  # [N, K, 1, 1]
         corr = (128 * WM.astype(np.int64).sum(axis=0)).astype(np.int32)
-        x4 = bb.emit(R.reshape(x, (3, 12, 1, 1)))
+        x4 = bb.emit(R.reshape(x, (1, 1, 3, 12)))  # one row of 3 pixels (NHWC), no copy
         y4 = _packed_conv(bb, x4, pack_weight(w_oihw, kernel), corr, kernel=kernel, shift=128, out_channels=7,
-                          conv={"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]})
+                          conv={"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}, layout="NHWC")
         return bb.emit(R.reshape(y4, (3, 7)))
 
     x = tensor_var("x", (3, 12), "int8")

@@ -68,7 +68,10 @@ class Backend:
         from tvm import relax
 
         # The stock legalization without the default schedules CUDA's adds: ours follow in schedule_passes.
-        fusion = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        # FastMathTransform first: exp, erf and tanh as TVM's vectorizable polynomial approximations
+        # (libm's are scalar calls): the char LM's fp32 latency fell to 0.7x, its logits no further
+        # from onnxruntime's (largest difference 2.6e-5 before, 2.6e-5 after).
+        fusion = [relax.transform.FastMathTransform(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
                   relax.transform.FuseOps(), relax.transform.FuseTIR()]
         return self.dispatch_passes(target) + self.relax_passes() + fusion
 

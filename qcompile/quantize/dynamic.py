@@ -14,7 +14,7 @@ from tvm.relax import op as R
 from ..ir import const, const_value, emit_as_is, is_const, is_var, op_name, rewrite_main, tensor_dtype
 from ..layers import compute_layer_names
 from ..ops import INT4_MATMUL_KERNEL
-from .blockwise import int4_matmul_te, pack_int4_words, quantize_blockwise
+from .blockwise import int4_matmul_te, portable_operands, quantize_blockwise
 from .params import weight_qparams
 
 MODES = ("dynamic", "weight-only")
@@ -31,7 +31,8 @@ def _emit_int4(bb, x, w: np.ndarray, group_size: int, name: str):
     *lead, k = (int(d) for d in x.ty.shape.values)
     codes, scales = quantize_blockwise(w, group_size)
     x2 = bb.emit(R.reshape(x, (int(np.prod(lead, dtype=np.int64)), k))) if len(lead) != 1 else x
-    args = (x2, relax.const(pack_int4_words(codes), "int32"), relax.const(scales, "float32"))
+    words, group_scales = portable_operands(codes, scales)
+    args = (x2, relax.const(words, "int32"), relax.const(group_scales, "float32"))
     if len(lead) == 1:
         return bb.emit_te(int4_matmul_te, *args, primfunc_name_hint=INT4_MATMUL_KERNEL, name_hint=name)
     y = bb.emit_te(int4_matmul_te, *args, primfunc_name_hint=INT4_MATMUL_KERNEL)

@@ -12,7 +12,7 @@ from tvm import s_tir
 from ..families import Int8Kernel
 from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it, reverse_compute_at_covering
 from .intrinsics import register
-from .pack import RULE, WEIGHT_STAGE
+from .pack import RULE
 
 MAX_TILE = 8  # pixels per register block: 8 accumulators of one vector each
 # Fewer (image rows x row tiles) than this and the output-channel blocks are parallel as well: a
@@ -82,19 +82,6 @@ def _parallel_outer(sch, block) -> None:
         parallel_if_worth_it(sch, loops[0], work)
 
 
-def _schedule_weight_stage(sch, block, dot, fused: bool) -> None:
-    """An int4 layer's decoded weights (pack.WEIGHT_STAGE): inside the dot's channel loop when the
-    dot runs one row tile (nothing would reuse a decoded copy), else decoded once per call into a
-    buffer all row tiles read; measured on a 768x768 matmul, fusing is several times slower from
-    two row tiles up. Each half of a lane vector decodes with one shift (pack_int4_blockwise)."""
-    if fused:
-        sch.compute_at(block, sch.get_loops(dot)[-4], preserve_unit_loops=True)  # the input-channel loop
-    else:
-        _parallel_outer(sch, block)
-    _, half = sch.split(sch.fuse(*sch.get_loops(block)[-2:]), [2, None])  # (lane, its unit k)
-    sch.vectorize(half)
-
-
 def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     """The whole fused kernel: input packing in parallel, the dot block, and the epilogue (unpack,
     bias, requantize) inlined into one block computed per tile while the accumulators are hot."""
@@ -103,16 +90,10 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     dot_index = names.index(sch.get(dot).name_hint)
     for block in blocks[dot_index + 1:-1]:
         sch.compute_inline(block)
-    weight_stages = [b for b in blocks[:dot_index] if sch.get(b).name_hint == WEIGHT_STAGE]
     for block in blocks[:dot_index]:
-        if block not in weight_stages:
-            _parallel_outer(sch, block)
+        _parallel_outer(sch, block)
     last = blocks[-1]
-    n, oh, _, ow = (loop_extent(sch, loop) or 0 for loop in sch.get_loops(dot)[:4])
-    one_tile = n * oh * ow <= (tile or 1)  # the dot's outer loop runs once (a matmul of one row)
     oco = schedule_dot(sch, dot, kernel, tile)
-    for block in weight_stages:
-        _schedule_weight_stage(sch, block, dot, fused=one_tile)
     # An epilogue whose region the tile cannot bound, or that covers more than it, runs after it.
     if last != dot and not reverse_compute_at_covering(sch, last, oco, preserve_unit_loops=True):
         _parallel_outer(sch, last)
