@@ -346,9 +346,53 @@ def write(results: list[dict], args, seconds: float) -> None:
                          + " | ".join(timing) + " |")
         if res["errors"]:
             lines += ["", "Errors: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items())]
-        lines.append("")
+        lines += ["", *goals(res), ""]
     (RESULTS / "transformers.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "transformers.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+def goals(res: dict) -> list[str]:
+    """The issue's goals, checked against this run's numbers: int8 within 0.5 point of top-1 (2% of
+    perplexity) and never worse than onnxruntime's int8; int4 block-wise at <= 30% of the float
+    weight bytes within 1 point (5%)."""
+    rows = res["rows"]
+    name = res["metric_names"][0]
+    perplexity = name == "perplexity"
+
+    def change(build):  # against float: points of top-1, or the relative change of perplexity
+        m = (rows.get(build, {}).get("metric") or {}).get(name)
+        f = (rows.get("onnxruntime fp32", {}).get("metric") or {}).get(name)
+        return None if m is None or f is None else (m / f - 1 if perplexity else m - f)
+
+    def ok(delta, goal):
+        return delta is not None and (delta <= goal if perplexity else delta >= -goal)
+
+    def show(delta):
+        return "-" if delta is None else f"{delta * 100:+.2f}%" if perplexity else f"{delta:+.2f} points"
+
+    def better_or_equal(a, b):
+        return a is not None and b is not None and (a <= b + 1e-9 if perplexity else a >= b - 1e-9)
+
+    int8_goal, int4_goal = (0.02, 0.05) if perplexity else (0.5, 1.0)
+    out = [f"Goals ({name} against float's, {'lower' if perplexity else 'higher'} is better):"]
+    q8 = change("qcompile int8 static")
+    unit = "%" if perplexity else " points"
+    out.append(f"- int8 static within {int8_goal * (100 if perplexity else 1):g}{unit}: {show(q8)} "
+               f"({'met' if ok(q8, int8_goal) else 'MISSED'})")
+    for peer in ("onnxruntime int8 static", "onnxruntime int8 dynamic"):
+        p8 = change(peer)
+        out.append(f"- against {peer} ({show(p8)}): "
+                   + ("not worse" if better_or_equal(q8, p8) else f"worse by {show(abs(q8 - p8) if p8 is not None and q8 is not None else None).lstrip('+')}"))
+    float_bytes = rows.get("onnxruntime fp32", {}).get("weight_bytes") or 1
+    for g in (32, 64, 128):
+        build = f"qcompile int4 block-wise g{g}"
+        if build not in rows:
+            continue
+        share = (rows[build].get("weight_bytes") or 0) / float_bytes
+        delta = change(build)
+        out.append(f"- int4 g{g} within {int4_goal * (100 if perplexity else 1):g}{unit} at <= 30% of the float "
+                   f"bytes: {show(delta)} at {share * 100:.0f}% ({'met' if ok(delta, int4_goal) and share <= 0.30 else 'MISSED'})")
+    return out
 
 
 def _git_head() -> str:
@@ -363,8 +407,14 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--from-json", action="store_true", help="rewrite transformers.md from the last run's JSON")
     args = parser.parse_args()
     args.batch_list = [int(b) for b in args.batches.split(",")]
+    if args.from_json:
+        results = json.loads((RESULTS / "transformers.json").read_text())
+        write(results, args, 0.0)
+        print((RESULTS / "transformers.md").read_text())
+        return
     use_physical_cores()
     WORK.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
