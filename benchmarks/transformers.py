@@ -319,7 +319,8 @@ def _fmt_metric(row: dict, names) -> list[str]:
 
 def write(results: list[dict], args, seconds: float) -> None:
     lines = ["# Transformers: qcompile against onnxruntime and OpenVINO/NNCF", "",
-             f"Written by `python benchmarks/transformers.py {' '.join(sys.argv[1:])}`".rstrip() + f" in {seconds / 60:.0f} min.",
+             (f"Written by `python benchmarks/transformers.py {' '.join(sys.argv[1:])}`".rstrip() + f" in {seconds / 60:.0f} min."
+              if seconds else "Rewritten by `--from-json` from the JSON of a `python benchmarks/transformers.py` run."),
              f"Machine: {_cpu_name()}, {physical_cores()} physical cores, flags {cpu_flags()}. onnxruntime "
              f"{_version('onnxruntime')}, openvino {_version('openvino')}, nncf {_version('nncf')}, "
              f"qcompile at {_git_head()}.",
