@@ -128,3 +128,26 @@ def test_char_lm_perplexity_within_goal(char_lm, tmp_path, label, quantize, goal
     result, metrics = _lm_build(char_lm, tmp_path / f"{label}.so", quantize)
     assert result.metadata["verification"]["verified"]
     assert metrics["perplexity"] <= char_lm["float"]["perplexity"] * goal, (char_lm["float"], metrics)
+
+
+@pytest.mark.parametrize("path, name, shape", [
+    (VIT_ONNX.with_suffix(".pt2"), "image", [3, 1, 28, 28]),
+    (char_lm_onnx().with_suffix(".pt2"), "tokens", [3, 64]),
+])
+def test_pt2_exports_build_at_a_given_batch_and_verify_against_torch(tmp_path, path, name, shape):
+    """models/export_pt2.py wrote both transformers as torch.export programs with a dynamic batch:
+    --input-shape sets it (without it, a batch of 1), and the build matches torch."""
+    for shapes, batch in (({name: shape}, shape[0]), (None, 1)):
+        result = qcompile.build(path, "host", tmp_path / f"m{batch}.so", input_shapes=shapes)
+        verification = result.metadata["verification"]
+        assert verification["verified"] and verification["reference"] == "torch"
+        assert max(o["max_rel_error"] for o in verification["outputs"]) < 1e-5
+        assert result.metadata["inputs"][0]["shape"][0] == batch
+
+
+def test_pt2_fixed_dimension_cannot_be_resized(tmp_path):
+    from qcompile.errors import QCompileError
+
+    with pytest.raises(QCompileError, match=r"input 'tokens' dimension 1 is fixed at 64 in the program, not 32"):
+        qcompile.build(char_lm_onnx().with_suffix(".pt2"), "host", tmp_path / "m.so", input_shapes={"tokens": [2, 32]})
+    assert not (tmp_path / "m.so").exists()
