@@ -46,10 +46,13 @@ def _inner_factor(extent: int) -> int:
 def _vectorize_pow2(sch, loop, extent: int) -> None:
     """Vectorize `loop` in power-of-two pieces: LLVM turns a vector of 24 floats into scalar code
     (an attention matmul with 24-channel heads ran at 5.6 GMAC/s), three unrolled vectors of 8 into
-    FMAs again (about 95 GMAC/s, as a 16- or 32-wide row)."""
+    FMAs again (about 95 GMAC/s, as a 16- or 32-wide row). A row with no such piece of 4 or more
+    is not marked at all."""
     piece = extent & -extent  # the largest power of two dividing it
-    if piece == extent or piece < 4:
+    if piece == extent:
         sch.vectorize(loop)
+        return
+    if piece < 4:  # left to LLVM's own vectorizer (a 50-wide row: 198 us as a TVM vector, 33 us so)
         return
     outer, inner = sch.split(loop, [None, piece])
     sch.unroll(outer)
@@ -69,8 +72,8 @@ class CPUDefault(TargetRule):
         if not infos:
             return None
         reductions = [b for b in infos if not b.is_injective()]
-        if len(reductions) > 1:
-            return None
+        if len(reductions) > 1:  # softmax, layer norm: a row's reductions and the maps between them
+            return _schedule_row_blocks(sch, infos)
         main = reductions[0] if reductions else infos[-1]
         # The epilogue chain into its last block. Producers (padding) stay separate loops: inlined,
         # their bounds checks would sit in the innermost loop and stop vectorization.
@@ -141,6 +144,23 @@ class CPUDefault(TargetRule):
                 parallel_if_worth_it(sch, tail_loops[0], loop_work(sch, tail))
         _parallel_producers(sch, infos[:main_index])
         return sch
+
+
+def _schedule_row_blocks(sch, infos):
+    """A kernel with several reductions over rows (softmax, layer norm): every block computed inside
+    the last block's row loop, rows in parallel, so a row's max, exponentials, sum and quotients stay
+    in cache and one parallel region runs. TVM's own TIR for them runs on one core."""
+    last = infos[-1]
+    if not last.is_injective():
+        return None
+    loops = sch.get_loops(last.block_rv)
+    if len(loops) < 2:
+        return None
+    rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    for info in reversed(infos[:-1]):
+        sch.compute_at(info.block_rv, rows, preserve_unit_loops=True)
+    parallel_if_worth_it(sch, rows, loop_work(sch, last.block_rv))
+    return sch
 
 
 def _still_there(sch, block) -> bool:
