@@ -3,7 +3,7 @@ sources and export it to ONNX (char_lm.onnx, committed beside this script): the 
 quantizer's transformer paths are measured on (perplexity and next-character accuracy on held-out
 modules, qcompile.examples.python_source_text('test')).
 
-The network: ASCII codes (128) embedded to 96 channels with learned positions over a 64-character
+The network (its blocks: models/transformer_block.py): ASCII codes (128) embedded to 96 channels with learned positions over a 64-character
 window, three pre-norm blocks (LayerNorm, 4-head causal self-attention written out as Q·Kᵀ, a
 constant causal mask added, Softmax and attention·V matmuls, a residual add; LayerNorm, a GELU MLP
 of 4x width, a residual add), a final LayerNorm and a linear head giving every position's
@@ -15,10 +15,14 @@ next-character logits.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # models/transformer_block.py
+from transformer_block import block  # noqa: E402
+
 ONNX_PATH = HERE / "char_lm.onnx"
 
 
@@ -26,38 +30,12 @@ def network(vocab: int = 128, context: int = 64, dim: int = 96, depth: int = 3, 
     import torch
     import torch.nn as nn
 
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.qkv = nn.Linear(dim, 3 * dim)
-            self.proj = nn.Linear(dim, dim)
-            # -1e4 rather than -inf: exp underflows to exactly 0 either way, and the constant stays finite
-            mask = torch.triu(torch.full((context, context), -1e4), diagonal=1)
-            self.register_buffer("mask", mask)
-
-        def forward(self, x):
-            b, t, c = x.shape
-            q, k, v = self.qkv(x).reshape(b, t, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-            att = torch.softmax(q @ k.transpose(-2, -1) * (c // heads) ** -0.5 + self.mask, dim=-1)
-            return self.proj((att @ v).transpose(1, 2).reshape(b, t, c))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm1, self.attn = nn.LayerNorm(dim), Attention()
-            self.norm2 = nn.LayerNorm(dim)
-            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-        def forward(self, x):
-            x = x + self.attn(self.norm1(x))
-            return x + self.mlp(self.norm2(x))
-
     class CharLM(nn.Module):
         def __init__(self):
             super().__init__()
             self.embed = nn.Embedding(vocab, dim)
             self.pos = nn.Parameter(torch.randn(1, context, dim) * 0.02)
-            self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+            self.blocks = nn.Sequential(*[block(dim, heads, 4, context) for _ in range(depth)])
             self.norm = nn.LayerNorm(dim)
             self.head = nn.Linear(dim, vocab)
 

@@ -3,7 +3,7 @@ committed beside this script): the transformer the quantizer's attention, LayerN
 GELU paths are measured on.
 
 Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), 60k train images.
-The network: 4x4 patches (49 tokens) embedded to 64 channels, a class token and learned positions,
+The network (its blocks: models/transformer_block.py): 4x4 patches (49 tokens) embedded to 64 channels, a class token and learned positions,
 four pre-norm blocks (LayerNorm, 4-head self-attention written out as Q·Kᵀ, Softmax and attention·V
 matmuls, a residual add; LayerNorm, a GELU MLP, a residual add), a final LayerNorm and a linear head.
 
@@ -13,38 +13,19 @@ matmuls, a residual add; LayerNorm, a GELU MLP, a residual add), a final LayerNo
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # models/transformer_block.py
+from transformer_block import block  # noqa: E402
+
 ONNX_PATH = HERE / "fashion_mnist_vit.onnx"
 
 
 def network(dim: int = 64, depth: int = 4, heads: int = 4, patch: int = 4):
     import torch
     import torch.nn as nn
-
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.qkv = nn.Linear(dim, 3 * dim)
-            self.proj = nn.Linear(dim, dim)
-
-        def forward(self, x):
-            b, t, c = x.shape
-            q, k, v = self.qkv(x).reshape(b, t, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-            att = torch.softmax(q @ k.transpose(-2, -1) * (c // heads) ** -0.5, dim=-1)
-            return self.proj((att @ v).transpose(1, 2).reshape(b, t, c))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm1, self.attn = nn.LayerNorm(dim), Attention()
-            self.norm2 = nn.LayerNorm(dim)
-            self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-        def forward(self, x):
-            x = x + self.attn(self.norm1(x))
-            return x + self.mlp(self.norm2(x))
 
     class ViT(nn.Module):
         def __init__(self):
@@ -53,7 +34,7 @@ def network(dim: int = 64, depth: int = 4, heads: int = 4, patch: int = 4):
             tokens = (28 // patch) ** 2
             self.cls = nn.Parameter(torch.zeros(1, 1, dim))
             self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
-            self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+            self.blocks = nn.Sequential(*[block(dim, heads, 2) for _ in range(depth)])
             self.norm = nn.LayerNorm(dim)
             self.head = nn.Linear(dim, 10)
 
