@@ -14,6 +14,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from qcompile.backends import backend_for
+from qcompile.backends.packed.pack import pack_int4, unpack_int4
 from qcompile.ir import const_value, is_const
 from qcompile.layers import layer_table
 from qcompile.ops import INT4_MATMUL_KERNEL
@@ -21,11 +22,9 @@ from qcompile.quantize import QuantConfig
 from qcompile.quantize.blockwise import (
     dequantize_blockwise,
     int4_matmul_te,
-    pack_int4,
     pack_int4_words,
     portable_operands,
     quantize_blockwise,
-    unpack_int4,
     unpack_int4_words,
 )
 from qcompile.quantize.dynamic import dynamic_quantize

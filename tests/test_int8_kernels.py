@@ -14,13 +14,14 @@ from qcompile.backends.families import FAMILIES
 from qcompile.backends.packed.pack import (
     fits_int4,
     pack_depthwise_weight,
+    pack_int4,
     pack_weight,
     packed_conv_te,
     packed_depthwise_te,
     pair_sums_fit,
+    unpack_int4,
 )
 from qcompile.backends.packed.schedule import Int8Packed
-from qcompile.quantize.blockwise import pack_int4, unpack_int4
 from qcompile.targets import detect_host, get_target
 
 TARGETS = {"x86-vnni": "x86-avx512-vnni", "x86-avx512": "x86-avx512", "x86-avx2": "x86-avx2",  # family -> a target file

@@ -12,12 +12,12 @@ from tvm.relax import op as R
 from qcompile.backends.families import FAMILIES
 from qcompile.backends.packed.pack import (
     pack_depthwise_weight,
+    pack_int4,
     pack_int8_pass,
     pack_weight,
     packed_conv_te,
     packed_depthwise_te,
 )
-from qcompile.quantize.blockwise import pack_int4
 
 RNG = np.random.default_rng(0)
 W = RNG.integers(-127, 128, (6, 5, 3, 3)).astype("int8")  # channels that fill no whole tile; too wide for int4

@@ -11,9 +11,8 @@ import time
 import numpy as np
 
 from ..errors import QCompileError, compiling
+from ..quantize import PRECISIONS
 from .families import family
-
-PRECISIONS = ("int4", "int8", "int4w", "fp16", "fp32")
 
 
 class Backend:

@@ -1,5 +1,6 @@
 """int4 block-wise weights (weight-only): codes in [-8, 7], one float scale per group of
-`group_size` weights along K, two codes per byte, as onnxruntime's MatMulNBits and MLC-LLM's q4f16.
+`group_size` weights along K, eight codes per int32 word, as onnxruntime's MatMulNBits and
+MLC-LLM's q4f16.
 
     x[M, K] float @ W[K, N]  ->  y[m, n] = sum_k x[m, k] * code[n, k] * scale[n, k // group_size]
 
@@ -17,13 +18,13 @@ GROUP_SIZES = (32, 64, 128)
 CLIP_DIVISORS = np.linspace(5.0, 8.0, 13)  # includes 7: plain symmetric rounding
 
 
-def _groups(w_nk: np.ndarray, group_size: int) -> tuple[np.ndarray, int]:
+def _groups(w_nk: np.ndarray, group_size: int) -> np.ndarray:
     """W as [N, K] -> [N, G, group_size] with K zero-padded to whole groups."""
     n, k = w_nk.shape
     g = -(-k // group_size)
     padded = np.zeros((n, g * group_size), np.float32)
     padded[:, :k] = w_nk
-    return padded.reshape(n, g, group_size), k
+    return padded.reshape(n, g, group_size)
 
 
 def quantize_blockwise(w_kn: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +33,7 @@ def quantize_blockwise(w_kn: np.ndarray, group_size: int) -> tuple[np.ndarray, n
     whole_k = -(-w_kn.shape[0] // WORD_CODES) * WORD_CODES  # K in whole 32-bit words of codes
     # 0, or a group longer than K: one group spanning K (per output channel), not a padded one
     group_size = whole_k if group_size <= 0 else min(group_size, whole_k)
-    groups, _ = _groups(np.ascontiguousarray(w_kn.T, np.float32), group_size)
+    groups = _groups(np.ascontiguousarray(w_kn.T, np.float32), group_size)
     amax = np.abs(groups).max(-1, keepdims=True)
     best_err = np.full(amax.shape, np.inf, np.float32)
     best_scale = np.ones(amax.shape, np.float32)
@@ -56,19 +57,6 @@ def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, k: int) -> np.nd
     return np.ascontiguousarray(w.reshape(n, kp)[:, :k].T)
 
 
-def pack_int4(codes: np.ndarray) -> np.ndarray:
-    """Pairs along the last axis into one byte each: element 2i in the low nibble, 2i+1 in the high."""
-    lo, hi = codes[..., 0::2].astype(np.int32), codes[..., 1::2].astype(np.int32)
-    return ((lo & 0xF) | (hi << 4)).astype(np.uint8).view(np.int8)
-
-
-def unpack_int4(packed: np.ndarray) -> np.ndarray:
-    """The inverse of pack_int4 (sign-extended nibbles)."""
-    v = packed.astype(np.int32)
-    lo, hi = (v << 28) >> 28, v >> 4
-    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.int8)
-
-
 WORD_CODES = 8  # codes per int32 word in the portable kernel's operand
 
 
@@ -85,12 +73,6 @@ def unpack_int4_words(words: np.ndarray) -> np.ndarray:
     v = words.astype(np.int64)[..., None] >> (4 * np.arange(WORD_CODES))
     codes = ((v & 0xF) ^ 8) - 8
     return codes.reshape(*words.shape[:-1], -1).astype(np.int8)
-
-
-def nibble(byte, odd):
-    """The sign-extended code in an int8 `byte` (TIR): the low nibble, or the high one where `odd`."""
-    b = byte.astype("int32")
-    return tirx.if_then_else(odd, b >> 4, (b << 28) >> 28)
 
 
 # From this many rows of x the kernel decodes the weights once per call into a float buffer the

@@ -30,7 +30,6 @@ import tvm
 from tvm import relax, te, tirx
 
 from ...ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
-from ...quantize.blockwise import nibble, pack_int4
 from ..families import Int8Kernel
 
 RULE = "qcompile_int8_dot"
@@ -68,11 +67,29 @@ def fits_int4(w: np.ndarray) -> bool:
     return w.size > 0 and int(w.min()) >= -8 and int(w.max()) <= 7
 
 
+def pack_int4(wp: np.ndarray) -> np.ndarray:
+    """Pairs along the last axis into one byte each: element 2i in the low nibble, 2i+1 in the high."""
+    lo, hi = wp[..., 0::2].astype(np.int32), wp[..., 1::2].astype(np.int32)
+    return ((lo & 0xF) | (hi << 4)).astype(np.uint8).view(np.int8)
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """The inverse of pack_int4 (sign-extended nibbles)."""
+    v = packed.astype(np.int32)
+    lo, hi = (v << 28) >> 28, v >> 4
+    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.int8)
+
+
 def _unpack_int4_te(wp4):
     """The kernel's first stage for an int4 layer: sign-extended nibbles back to int8."""
     shape = [*wp4.shape[:-1], wp4.shape[-1] * 2]
-    return te.compute(shape, lambda *i: nibble(wp4[(*i[:-1], i[-1] // 2)], i[-1] % 2 == 1).astype("int8"),
-                      name="unpack_int4")
+
+    def nibble(*idx):
+        byte = wp4[(*idx[:-1], idx[-1] // 2)].astype("int32")
+        low = (byte << 28) >> 28
+        return tirx.if_then_else(idx[-1] % 2 == 0, low, byte >> 4).astype("int8")
+
+    return te.compute(shape, nibble, name="unpack_int4")
 
 
 def _i64(v):
