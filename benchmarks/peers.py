@@ -390,7 +390,7 @@ def write(cases: list[dict], args, seconds: float) -> None:
     import onnxruntime as ort
     import openvino as ov
 
-    stem = "peers"
+    stem = args.out
     host = detect_host()
     lines = ["# Speed against the best peer", "",
              f"Written by `python benchmarks/peers.py {' '.join(sys.argv[1:])}` in {seconds / 60:.0f} min on "
@@ -537,6 +537,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the qcompile builds (and their build seconds) an earlier run left in benchmarks/work")
     parser.add_argument("--batch1-only", default="", help="models (comma-separated) timed at batch 1 alone")
+    parser.add_argument("--out", default="peers",
+                        help="file stem in benchmarks/results (one per CPU kind: peers is the VNNI run, peers_avx2 the AVX2 one)")
     args = parser.parse_args()
     use_physical_cores()
     WORK.mkdir(parents=True, exist_ok=True)
