@@ -76,6 +76,28 @@ def fixed_point(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(m * np.exp2(n)).astype(np.int64), n
 
 
+def match_mul_shift(value, defs: dict):
+    """(x, M, s, zp) when `value` is the fixed-point multiply rescale emits,
+    right_shift(add(multiply(a, M), 2^(s-1)), s) with a = astype(x, int64) or
+    subtract(astype(x, int64), zp); None otherwise. `defs` maps each variable to its bound value."""
+    if op_name(value) != "right_shift" or not is_const(value.args[1]):
+        return None
+    add = defs.get(value.args[0])
+    mul = defs.get(add.args[0]) if op_name(add) == "add" else None
+    a = defs.get(mul.args[0]) if op_name(mul) == "multiply" else None
+    zp = 0
+    if op_name(a) == "subtract" and is_const(a.args[1]) and const_value(a.args[1]).size == 1:
+        zp, a = int(const_value(a.args[1])), defs.get(a.args[0])
+    if op_name(a) != "astype" or not (is_const(add.args[1]) and is_const(mul.args[1])):
+        return None
+    m, r, s = (const_value(e).astype(np.int64) for e in (mul.args[1], add.args[1], value.args[1]))
+    shape = np.broadcast_shapes(r.shape, s.shape)
+    if not (np.all(m >= 0) and np.all(m < 2**31) and np.all(s >= 1) and np.all(s <= 62)
+            and np.array_equal(np.broadcast_to(r, shape), np.broadcast_to(np.left_shift(np.int64(1), s - 1), shape))):
+        return None
+    return a.args[0], m, s, zp
+
+
 class Realizer:
     def __init__(self, per_channel: bool = True):
         self.per_channel = per_channel

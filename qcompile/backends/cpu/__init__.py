@@ -22,6 +22,7 @@ class CPUBackend(Backend):
         return float_kernel(self.family.float_lanes) if self.family.float_lanes else None
 
     def relax_passes(self) -> list:
+        from ..float_requantize import float_requantize_pass
         from ..packed.pack import is_eligible, is_float_eligible, pack_float_pass, pack_int8_pass
         from .channels_last import channels_last_pass
 
@@ -33,7 +34,8 @@ class CPUBackend(Backend):
 
         def is_packed(call) -> bool:
             return (kernel is not None and is_eligible(call)) or (floating is not None and is_float_eligible(call))
-        return ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed
+        requantize = [float_requantize_pass()] if kernel is not None else []
+        return requantize + ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed
 
     def schedule_passes(self, target) -> list:
         from tvm.s_tir.dlight import ApplyDefaultSchedule

@@ -41,9 +41,10 @@ class VulkanBackend(Backend):
         return []  # no vendor libraries behind WGSL
 
     def relax_passes(self) -> list:
+        from ..float_requantize import float_requantize_pass
         from .int8 import wgsl_int_pass
 
-        return [wgsl_int_pass()]
+        return [float_requantize_pass(), wgsl_int_pass()]
 
     def schedule_passes(self, target) -> list:
         from ..rules import dlight_gpu_rules

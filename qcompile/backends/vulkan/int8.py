@@ -24,6 +24,7 @@ from tvm.relax import op as R
 
 from ...errors import QCompileError
 from ...ir import const_value, is_const, main_bindings, op_name, rewrite_main, tensor_dtype
+from ...quantize.realize import match_mul_shift
 from ..packed.pack import ONE_BY_ONE, emit_matmul_as_conv
 
 NARROW = ("int8", "uint8", "int16")
@@ -167,19 +168,11 @@ class _Rewrite:
 
     def _requantize(self, value):
         """(x, M, s) when value is right_shift(add(multiply(astype(x, int64), M), R), s), R = 2^(s-1)."""
-        if op_name(value) != "right_shift" or not is_const(value.args[1]):
+        matched = match_mul_shift(value, self.defs)
+        if matched is None or matched[3]:  # a zero point inside the chain: refused by check_symmetric
             return None
-        add = self.defs.get(value.args[0])
-        mul = self.defs.get(add.args[0]) if op_name(add) == "add" else None
-        cast = self.defs.get(mul.args[0]) if op_name(mul) == "multiply" else None
-        if op_name(cast) != "astype" or not (is_const(add.args[1]) and is_const(mul.args[1])):
-            return None
-        m, r, s = (const_value(e).astype(np.int64) for e in (mul.args[1], add.args[1], value.args[1]))
-        if not (np.all(m >= 0) and np.all(m < 2**31) and np.all(s >= 1) and np.all(s <= 62)
-                and np.array_equal(np.broadcast_to(r, np.broadcast_shapes(r.shape, s.shape)),
-                                   np.broadcast_to(np.left_shift(np.int64(1), s - 1), np.broadcast_shapes(r.shape, s.shape)))):
-            return None
-        return cast.args[0], m.astype(np.int32), s.astype(np.int32)
+        x, m, s, _ = matched
+        return x, m.astype(np.int32), s.astype(np.int32)
 
     def _dot_operands(self, value, x):
         w = value.args[1]
