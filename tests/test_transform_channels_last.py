@@ -163,10 +163,7 @@ def test_table_lookup_between_int8_convs_stays_channels_last():
     tvm.ir.assert_structural_equal(_run(Before), Expected)
 
 
-def test_lookup_keeps_its_values():
-    """The rewritten module computes what the original did (the lookup indexes the same elements)."""
-    from tvm import relax
-
+def _lookup_odd_shape():
     @I.ir_module
     class Before:
         @R.function
@@ -179,9 +176,70 @@ def test_lookup_keeps_its_values():
                 R.output(z)
             return z
 
-    x = RNG.integers(-128, 128, (1, 3, 5, 7)).astype("int8")
+    return Before
+
+
+ALPHA = RNG.uniform(0.1, 0.3, (1, 4, 1, 1)).astype("float32")  # a PReLU's slope per channel
+
+
+def _prelu_pool():
+    """An int8 conv, a PReLU left in float (alpha * x with the constant first, and a where, which
+    has no layout rule), a max pool, an int8 conv."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8")) -> R.Tensor((1, 2, 4, 4), "int32"):
+            with R.dataflow():
+                y = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1], out_dtype="int32")
+                f = R.multiply(R.astype(y, "float32"), R.const(0.01, "float32"))
+                neg = R.multiply(R.const(ALPHA), f)
+                p = R.where(R.greater(f, R.const(0.0, "float32")), f, neg)
+                q = R.quantize(p, R.const(0.05, "float32"), R.const(0, "int32"), out_dtype="int8", axis=-1)
+                m = R.nn.max_pool2d(q, pool_size=[2, 2], strides=[2, 2], ceil_mode=True)
+                z = R.nn.conv2d(m, R.const(W2), out_dtype="int32")
+                R.output(z)
+            return z
+
+    return Before
+
+
+def test_prelu_float_island_and_pool_between_int8_convs_stay_channels_last():
+    """A PReLU left in float (alpha * x with the constant first, and a where, which has no layout
+    rule) and a max pool after it: no transposes between the two convolutions."""
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8")) -> R.Tensor((1, 2, 4, 4), "int32"):
+            with R.dataflow():
+                lv = R.permute_dims(x, axes=[0, 2, 3, 1])
+                y = R.nn.conv2d(lv, R.const(_nhwc(W1)), padding=[1, 1, 1, 1], data_layout="NHWC",
+                                kernel_layout="OHWI", out_layout="NHWC", out_dtype="int32")
+                lv1 = R.astype(y, "float32")
+                f = R.multiply(lv1, R.const(0.01, "float32"))
+                neg = R.multiply(f, R.const(_nhwc(ALPHA)))  # the tensor first, the slope in NHWC
+                lv2 = R.greater(f, R.const(0.0, "float32"))
+                p = R.where(lv2, f, neg)
+                q = R.quantize(p, R.const(0.05, "float32"), R.const(0, "int32"), out_dtype="int8", axis=-1)
+                m = R.nn.max_pool2d(q, pool_size=[2, 2], strides=[2, 2], ceil_mode=True, layout="NHWC",
+                                    out_layout="NHWC")
+                z = R.nn.conv2d(m, R.const(_nhwc(W2)), data_layout="NHWC", kernel_layout="OHWI",
+                                out_layout="NHWC", out_dtype="int32")
+                gv = R.permute_dims(z, axes=[0, 3, 1, 2])
+                R.output(gv)
+            return gv
+
+    tvm.ir.assert_structural_equal(_run(_prelu_pool()), Expected)
+
+
+@pytest.mark.parametrize("before, shape", [("_lookup_odd_shape", (1, 3, 5, 7)), ("_prelu_pool", (1, 3, 8, 8))])
+def test_moved_transposes_keep_the_values(before, shape):
+    """The rewritten module computes what the original did."""
+    from tvm import relax
+
+    mod = globals()[before]()
+    x = RNG.integers(-128, 128, shape).astype("int8")
     outs = []
-    for mod in (Before, _run(Before)):
-        vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    for m in (mod, _run(mod)):
+        vm = relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())
         outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
     np.testing.assert_array_equal(outs[0], outs[1])

@@ -16,13 +16,27 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from ...ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main, tensor_dtype
+from ...ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main, tensor_dtype, tensor_shape
 from ...passes.fold_constants import FoldConstantsWithNumpy
 
 DESIRED = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
+TO_NCHW = [0, 3, 1, 2]
+# Ops that compute each output element from the same element of each input (with scalar or no
+# parameters): they commute with any transpose of all their inputs.
+ELEMENTWISE = {"where", "astype", "quantize", "dequantize", "greater", "greater_equal", "less", "less_equal", "equal",
+               "not_equal", "add", "subtract", "multiply", "divide", "maximum", "minimum", "clip", "round", "floor",
+               "ceil", "sigmoid", "tanh", "exp", "negative", "abs", "sqrt", "nn.relu"}
+POOLS = {"nn.max_pool2d": R.nn.max_pool2d, "nn.avg_pool2d": R.nn.avg_pool2d}
+
+
+COMMUTATIVE = ("add", "multiply", "maximum", "minimum")
 
 
 def _clip_as_max_min(bb, var, value):
+    """Also puts the tensor first in a commutative op with a constant (alpha * x of a PReLU):
+    ConvertLayout takes a binary op's layout from its first input and would keep it NCHW."""
+    if op_name(value) in COMMUTATIVE and is_const(value.args[0]) and not is_const(value.args[1]):
+        return bb.emit(relax.Call(value.op, [value.args[1], value.args[0]], value.attrs), var.name)
     if op_name(value) != "clip":
         return emit_as_is(bb, var, value)
     x, lo, hi = value.args
@@ -42,10 +56,37 @@ def _is_table_lookup(call) -> bool:
     return is_const(table) and const_value(table).ndim == 1 and int(call.attrs.axis) == 0
 
 
-def sink_transposes_through_lookups(mod):
-    """take(T, permute_dims(x, p)) -> permute_dims(take(T, x), p); two transposes in a row become
-    one, or none where they cancel."""
+def _commuted_args(var, value, permuted: dict):
+    """(the call's arguments with its transposed inputs replaced by their sources, the transpose)
+    where the call commutes with that transpose: an elementwise op whose tensor inputs all have its
+    output's shape and are transposed alike (other inputs scalars), or a table lookup."""
+    if op_name(value) == "take":
+        if not _is_table_lookup(value) or value.args[1] not in permuted:
+            return None
+        x, axes = permuted[value.args[1]]
+        return [value.args[0], x], axes
+    if op_name(value) not in ELEMENTWISE:
+        return None
+    args, axes = [], None
+    for a in value.args:
+        if a in permuted and tensor_shape(a) == tensor_shape(var) and axes in (None, permuted[a][1]):
+            a, axes = permuted[a]
+        elif tensor_dtype(a) is not None and not (is_const(a) and const_value(a).size == 1):
+            return None
+        args.append(a)
+    return (args, axes) if axes is not None else None
+
+
+def sink_transposes(mod):
+    """What ConvertLayout leaves behind for ops it has no layout rule for (where, take) or whose
+    input it found in NCHW: transposes move past elementwise ops and 2-D pools, and two transposes
+    in a row become one, or none where they cancel."""
     permuted: dict = {}  # var -> (x, axes) where var = permute_dims(x, axes)
+
+    def transposed(bb, var, x, axes):
+        out = bb.emit(R.permute_dims(x, axes), var.name)
+        permuted[out] = (x, axes)
+        return out
 
     def rule(bb, var, value):
         name = op_name(value)
@@ -56,15 +97,15 @@ def sink_transposes_through_lookups(mod):
                 axes = [inner[a] for a in axes]
                 if axes == list(range(len(axes))):
                     return x
-            out = bb.emit(R.permute_dims(x, axes), var.name)
-            permuted[out] = (x, axes)
-            return out
-        if name == "take" and _is_table_lookup(value) and value.args[1] in permuted:
-            x, axes = permuted[value.args[1]]
-            looked = bb.emit(R.take(value.args[0], x, axis=0, mode=value.attrs.mode))
-            out = bb.emit(R.permute_dims(looked, axes), var.name)
-            permuted[out] = (looked, axes)
-            return out
+            return transposed(bb, var, x, axes)
+        if (commuted := _commuted_args(var, value, permuted)) is not None:
+            args, axes = commuted
+            return transposed(bb, var, bb.emit(relax.Call(value.op, args, value.attrs, value.ty_args)), axes)
+        if name in POOLS and value.attrs.layout == "NCHW" and permuted.get(value.args[0], (None, None))[1] == TO_NCHW:
+            a = value.attrs
+            pooled = bb.emit(POOLS[name](permuted[value.args[0]][0], a.pool_size, a.strides, a.padding, a.dilation,
+                                         a.ceil_mode, a.count_include_pad, layout="NHWC", out_layout="NHWC"))
+            return transposed(bb, var, pooled, TO_NCHW)
         return emit_as_is(bb, var, value)
 
     return rewrite_main(mod, rule)
@@ -78,7 +119,7 @@ def channels_last_pass(is_int8_conv):
         if not any(op_name(v) == "nn.conv2d" and is_int8_conv(v) for _, v in main_bindings(mod)):
             return mod
         mod = rewrite_main(mod, _clip_as_max_min)
-        mod = sink_transposes_through_lookups(relax.transform.ConvertLayout(DESIRED)(mod))
+        mod = sink_transposes(relax.transform.ConvertLayout(DESIRED)(mod))
         # the weights' transposes in numpy first: FoldConstant compiles each with LLVM (1.6-3 s a small CNN)
         return tvm.transform.Sequential([FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
                                          relax.transform.DeadCodeElimination(["main"])])(mod)
