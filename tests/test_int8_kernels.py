@@ -18,6 +18,7 @@ from qcompile.backends.packed.pack import (
     pack_weight,
     packed_conv_te,
     packed_depthwise_te,
+    padded_width,
     pair_sums_fit,
     unpack_int4,
 )
@@ -142,6 +143,18 @@ def test_int4_weights_unpack_inside_the_packed_kernel_exactly(family):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_packed_depthwise_is_exact(stride, layout):
     lib, tensors, ref, _ = _conv_kernel("x86-avx2", depthwise=True, stride=stride, layout=layout)
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("depthwise", [False, True], ids=["conv", "depthwise"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_rows_no_register_tile_divides_are_computed_padded_and_exact(depthwise, stride):
+    """13 output pixels a row (prime): the kernel computes 16 and drops 3, still exact."""
+    assert padded_width(13) == 16 and padded_width(14) == 14 and padded_width(3) == 3
+    lib, tensors, ref, _ = _conv_kernel("x86-avx2", depthwise=depthwise, stride=stride, hw=13 * stride, layout="NHWC")
+    assert ref.shape[2] == 13
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)

@@ -92,6 +92,21 @@ def _unpack_int4_te(wp4):
     return te.compute(shape, nibble, name="unpack_int4")
 
 
+MAX_TILE = 8  # output pixels per register block: 8 accumulators of one vector each
+
+
+def default_tile(width: int, pixels: int = 1) -> int:
+    """The register tile: the largest divisor of the row that is a multiple of `pixels`, up to MAX_TILE."""
+    return max(t for t in range(pixels, MAX_TILE + 1, pixels) if width % t == 0)
+
+
+def padded_width(width: int, pixels: int = 1) -> int:
+    """The output row a kernel computes: `width`, or where no tile of at least 4 pixels divides it,
+    the next multiple of MAX_TILE (the extra pixels read padding and are dropped). MTCNN's rows of
+    43, 59 and 61 pixels otherwise ran one pixel per tile, each weight vector loaded once per pixel."""
+    return width if default_tile(width, pixels) >= min(4, width) else -(-width // MAX_TILE) * MAX_TILE
+
+
 def _i64(v):
     return tirx.IntImm("int64", v)  # Relax kernels index in int64
 
@@ -130,6 +145,12 @@ def _pack_input(x, channels: int, padding, act: str, shift: int, layout: str = "
     return te.compute(tuple(map(_i64, (n, h + pt + pb, w + pl + pr, channels))), packed, name="pack_input")
 
 
+def _wider(padding, right: int):
+    """The padding with `right` more columns on the right (a padded output row reads them)."""
+    pt, pl, pb, pr = padding
+    return pt, pl, pb, pr + right
+
+
 def _unpack(acc, n, channels, oh, ow, lanes, layout, corr=None):
     """The accumulators [n, oh, oc/lanes, ow, lanes] -> the output in the layer's layout."""
     def value(i, o, y, z):
@@ -150,12 +171,13 @@ def packed_conv_te(x, wp, corr, *, strides, padding, dilation, out_channels: int
     (sh, sw), (dh, dw) = strides, dilation
     oh = _out_size(h, padding[0] + padding[2], kh, sh, dh)
     ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
-    xp = _pack_input(x, co * KP, padding, kernel.act_dtype, shift, layout)
+    owp = padded_width(ow, kernel.pixels)
+    xp = _pack_input(x, co * KP, _wider(padding, (owp - ow) * sw), kernel.act_dtype, shift, layout)
     acc_dtype = kernel.act_dtype if _is_float(kernel.act_dtype) else "int32"
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     rco, rki = te.reduce_axis((_i64(0), _i64(co)), "co"), te.reduce_axis((_i64(0), _i64(KP)), "ki")
     acc = te.compute(
-        tuple(map(_i64, (n, oh, oco, ow, L))),
+        tuple(map(_i64, (n, oh, oco, owp, L))),
         lambda i, y, o, z, l: te.sum(
             xp[i, y * sh + rkh * dh, z * sw + rkw * dw, rco * KP + rki].astype(acc_dtype)
             * wp[o, rkh, rkw, rco, l, rki].astype(acc_dtype),
@@ -183,10 +205,11 @@ def packed_depthwise_te(x, wp, *, strides, padding, dilation, layout: str = "NCH
     ow = _out_size(w, padding[1] + padding[3], kw, sw, dw)
     floating = _is_float(str(wp.dtype))
     act, acc_dtype = (str(wp.dtype), str(wp.dtype)) if floating else ("int16", "int32")
-    xp = _pack_input(x, cb * L, padding, act, 0, layout)
+    owp = padded_width(ow)
+    xp = _pack_input(x, cb * L, _wider(padding, (owp - ow) * sw), act, 0, layout)
     rkh, rkw = te.reduce_axis((_i64(0), _i64(kh)), "kh"), te.reduce_axis((_i64(0), _i64(kw)), "kw")
     acc = te.compute(
-        tuple(map(_i64, (n, oh, cb, ow, L))),
+        tuple(map(_i64, (n, oh, cb, owp, L))),
         lambda i, y, o, z, l: te.sum(
             xp[i, y * sh + rkh * dh, z * sw + rkw * dw, o * L + l].astype(acc_dtype)
             * wp[o, rkh, rkw, l].astype(acc_dtype),

@@ -12,17 +12,11 @@ from tvm import s_tir
 from ..families import Int8Kernel
 from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it, reverse_compute_at_covering
 from .intrinsics import register
-from .pack import RULE
+from .pack import MAX_TILE, RULE, default_tile
 
-MAX_TILE = 8  # pixels per register block: 8 accumulators of one vector each
 # Fewer (image rows x row tiles) than this and the output-channel blocks are parallel as well: a
 # 7x7 layer or a matmul of one row would otherwise leave cores idle (or run on one).
 MIN_PARALLEL_TILES = 16
-
-
-def default_tile(width: int, pixels: int = 1) -> int:
-    """The register tile: the largest divisor of the row that is a multiple of `pixels`, up to MAX_TILE."""
-    return max(t for t in range(pixels, MAX_TILE + 1, pixels) if width % t == 0)
 
 
 def find_dot_block(sch):
