@@ -111,3 +111,35 @@ def test_float_form_gives_the_fixed_point_integers(x_dtype, zp_in, zp, lo, hi, o
     assert (diff > 0).mean() < 1e-3
     exact = np.clip(np.floor((x.astype(np.float64) - zp_in) * RATIO + 0.5) + zp, lo, hi)
     assert np.abs(got - exact).max() <= 1  # and both are the rescale they stand for
+
+
+def test_quantize_with_one_scale_multiplies_by_its_inverse():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 64, 64), "float32")) -> R.Tensor((2, 64, 64), "uint8"):
+            with R.dataflow():
+                y = R.quantize(x, R.const(0.037, "float32"), R.const(7, "int32"), out_dtype="uint8", axis=-1)
+                R.output(y)
+            return y
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((2, 64, 64), "float32")) -> R.Tensor((2, 64, 64), "uint8"):
+            with R.dataflow():
+                a = R.multiply(x, R.const(1.0 / np.float32(0.037), "float32"))
+                b = R.round(a)
+                c = R.add(b, R.const(7.0, "float32"))
+                d = R.clip(c, 0, 255)
+                y = R.astype(d, "uint8")
+                R.output(y)
+            return y
+
+    after = float_requantize_pass()(Before)
+    tvm.ir.assert_structural_equal(after, Expected)
+    x = RNG.normal(0, 3, (2, 64, 64)).astype("float32")
+    x.flat[:3] = [1e6, -1e6, 0.037 * 3.5]  # clipped both ways, and a tie
+    want, got = _run(Before, x), _run(after, x)
+    assert np.abs(want.astype(int) - got.astype(int)).max() <= 1
+    assert (want != got).mean() < 1e-3

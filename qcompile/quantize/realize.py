@@ -87,7 +87,7 @@ def match_mul_shift(value, defs: dict):
     a = defs.get(mul.args[0]) if op_name(mul) == "multiply" else None
     zp = 0
     if op_name(a) == "subtract" and is_const(a.args[1]) and const_value(a.args[1]).size == 1:
-        zp, a = int(const_value(a.args[1])), defs.get(a.args[0])
+        zp, a = int(const_value(a.args[1]).item()), defs.get(a.args[0])
     if op_name(a) != "astype" or not (is_const(add.args[1]) and is_const(mul.args[1])):
         return None
     m, r, s = (const_value(e).astype(np.int64) for e in (mul.args[1], add.args[1], value.args[1]))
