@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from ..ir import const, const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
+from ..ir import const, const_value, emit_as_is, is_scalar_const, op_name, rewrite_main, tensor_dtype
 from ..quantize.realize import NARROW, match_mul_shift
 
 
@@ -51,7 +51,7 @@ class _Rewrite:
             return None
         lo, hi = int(clip.args[1].value), int(clip.args[2].value)
         shifted, zp = self.defs.get(clip.args[0]), 0
-        if op_name(shifted) == "add" and is_const(shifted.args[1]) and const_value(shifted.args[1]).size == 1:
+        if op_name(shifted) == "add" and is_scalar_const(shifted.args[1]):
             zp, shifted = int(const_value(shifted.args[1]).item()), self.defs.get(shifted.args[0])
         matched = match_mul_shift(shifted, self.defs) if shifted is not None else None
         if matched is None:
@@ -63,7 +63,7 @@ class _Rewrite:
 
     def _rewrite(self, bb, var, value):
         if op_name(value) == "quantize" and str(value.attrs.out_dtype) in NARROW and \
-                all(is_const(a) and const_value(a).size == 1 for a in value.args[1:]):
+                all(is_scalar_const(a) for a in value.args[1:]):
             return self._quantize(bb, var, value)
         chain = self._chain(value)
         if chain is None:
@@ -78,17 +78,16 @@ class _Rewrite:
             y = R.add(y, const(zp, "float32"))
         return bb.emit(R.astype(R.clip(y, lo, hi), str(value.attrs.dtype)), var.name)
 
-
     @staticmethod
     def _quantize(bb, var, value):
         """quantize(x, s, zp) with one scale: x * (1 / s) rather than TVM's x / s (a division per
         element, several times a multiply's cost; the two differ by at most one float32 rounding)."""
         x, scale, zp = value.args
         dtype = str(value.attrs.out_dtype)
-        info = np.iinfo(dtype)
+        info, zero = np.iinfo(dtype), int(const_value(zp).item())
         y = R.round(R.multiply(x, const(1.0 / const_value(scale).item(), tensor_dtype(x))))
-        if int(const_value(zp).item()):
-            y = R.add(y, const(int(const_value(zp).item()), tensor_dtype(x)))
+        if zero:
+            y = R.add(y, const(zero, tensor_dtype(x)))
         return bb.emit(R.astype(R.clip(y, int(info.min), int(info.max)), dtype), var.name)
 
 

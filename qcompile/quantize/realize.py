@@ -18,7 +18,18 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from ..ir import const, const_value, is_const, is_var, op_name, rewrite_main, substitute, tensor_shape, vars_in
+from ..ir import (
+    const,
+    const_value,
+    is_const,
+    is_scalar_const,
+    is_var,
+    op_name,
+    rewrite_main,
+    substitute,
+    tensor_shape,
+    vars_in,
+)
 from ..ops import COMPUTE, ELEMENTWISE, PASSTHROUGH, channel_axes
 from .insert_qdq import weight_axis
 from .params import weight_qparams
@@ -86,7 +97,7 @@ def match_mul_shift(value, defs: dict):
     mul = defs.get(add.args[0]) if op_name(add) == "add" else None
     a = defs.get(mul.args[0]) if op_name(mul) == "multiply" else None
     zp = 0
-    if op_name(a) == "subtract" and is_const(a.args[1]) and const_value(a.args[1]).size == 1:
+    if op_name(a) == "subtract" and is_scalar_const(a.args[1]):
         zp, a = int(const_value(a.args[1]).item()), defs.get(a.args[0])
     if op_name(a) != "astype" or not (is_const(add.args[1]) and is_const(mul.args[1])):
         return None

@@ -16,7 +16,17 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from ...ir import const_value, emit_as_is, is_const, main_bindings, op_name, rewrite_main, tensor_dtype, tensor_shape
+from ...ir import (
+    const_value,
+    emit_as_is,
+    is_const,
+    is_scalar_const,
+    main_bindings,
+    op_name,
+    rewrite_main,
+    tensor_dtype,
+    tensor_shape,
+)
 from ...passes.fold_constants import FoldConstantsWithNumpy
 
 DESIRED = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
@@ -27,14 +37,12 @@ ELEMENTWISE = {"where", "astype", "quantize", "dequantize", "greater", "greater_
                "not_equal", "add", "subtract", "multiply", "divide", "maximum", "minimum", "clip", "round", "floor",
                "ceil", "sigmoid", "tanh", "exp", "negative", "abs", "sqrt", "nn.relu"}
 POOLS = {"nn.max_pool2d": R.nn.max_pool2d, "nn.avg_pool2d": R.nn.avg_pool2d}
-
-
 COMMUTATIVE = ("add", "multiply", "maximum", "minimum")
 
 
-def _clip_as_max_min(bb, var, value):
-    """Also puts the tensor first in a commutative op with a constant (alpha * x of a PReLU):
-    ConvertLayout takes a binary op's layout from its first input and would keep it NCHW."""
+def _before_convert_layout(bb, var, value):
+    """Clips as maximum/minimum, and the tensor first in a commutative op with a constant (alpha * x
+    of a PReLU): ConvertLayout takes a binary op's layout from its first input and would keep it NCHW."""
     if op_name(value) in COMMUTATIVE and is_const(value.args[0]) and not is_const(value.args[1]):
         return bb.emit(relax.Call(value.op, [value.args[1], value.args[0]], value.attrs), var.name)
     if op_name(value) != "clip":
@@ -71,7 +79,7 @@ def _commuted_args(var, value, permuted: dict):
     for a in value.args:
         if a in permuted and tensor_shape(a) == tensor_shape(var) and axes in (None, permuted[a][1]):
             a, axes = permuted[a]
-        elif tensor_dtype(a) is not None and not (is_const(a) and const_value(a).size == 1):
+        elif tensor_dtype(a) is not None and not is_scalar_const(a):
             return None
         args.append(a)
     return (args, axes) if axes is not None else None
@@ -90,8 +98,9 @@ def sink_transposes(mod):
 
     def rule(bb, var, value):
         name = op_name(value)
-        if name == "permute_dims" and _axes(value) is not None:
-            x, axes = value.args[0], _axes(value)
+        axes = _axes(value) if name == "permute_dims" else None
+        if axes is not None:
+            x = value.args[0]
             if x in permuted:
                 x, inner = permuted[x]
                 axes = [inner[a] for a in axes]
@@ -118,7 +127,7 @@ def channels_last_pass(is_int8_conv):
     def _pass(mod, _ctx):
         if not any(op_name(v) == "nn.conv2d" and is_int8_conv(v) for _, v in main_bindings(mod)):
             return mod
-        mod = rewrite_main(mod, _clip_as_max_min)
+        mod = rewrite_main(mod, _before_convert_layout)
         mod = sink_transposes(relax.transform.ConvertLayout(DESIRED)(mod))
         # the weights' transposes in numpy first: FoldConstant compiles each with LLVM (1.6-3 s a small CNN)
         return tvm.transform.Sequential([FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
