@@ -70,6 +70,17 @@ PASSTHROUGH = {
     "nn.max_pool2d", "nn.max_pool1d", "nn.adaptive_max_pool2d",
 }
 
+
+
+def moves_values(op: str | None, attrs=None) -> bool:
+    """A PASSTHROUGH op, or a constant pad with zeros: an 8-bit tensor padded with its zero point's
+    code stands for the same values padded with 0 (the residual channel padding of MobileNet- and
+    BlazeFace-style blocks). Other pad values need not be codes of the input's scale."""
+    if op == "nn.pad":
+        return str(attrs.pad_mode) == "constant" and float(attrs.pad_value) == 0.0
+    return op in PASSTHROUGH
+
+
 # Reductions whose int32 sum has an exact scale.
 REDUCE = {"mean", "sum"}
 

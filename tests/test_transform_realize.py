@@ -102,3 +102,37 @@ def test_channels_last_convolutions_quantize_per_output_channel_and_realize_to_i
     for x in xs:
         sim, got = _run(simulated, x), _run(realized, x)
         assert np.abs(sim - got).max() <= float(max(q.scale for q in qparams.values())) * 1.01
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_zero_padding_stays_8_bit_with_the_zero_points_code(symmetric):
+    """A residual block that widens its channels with a constant pad of zeros (BlazeFace,
+    MobileNet exports): the pad moves 8-bit codes, padded with the zero point's code, with no
+    dequantize/quantize island around it; a pad with another value stays float."""
+    from qcompile.ir import main_bindings, op_name
+    from qcompile.quantize.calibrate import choose_qparams, collect
+
+    def model(pad_value):
+        def body(bb, x):
+            c = bb.emit(R.nn.relu(bb.emit(R.add(bb.emit(conv(x, W1)), relax.const(B1)))))  # 4 channels
+            p = bb.emit(R.nn.pad(c, [0, 0, 0, 2, 0, 0, 0, 0], pad_value=pad_value))  # 6 channels
+            w = RNG.standard_normal((6, 6, 1, 1)).astype("float32")
+            return bb.emit(R.add(bb.emit(conv(p, w)), p))
+        return function(body)
+
+    xs = [RNG.standard_normal((1, 3, 8, 8)).astype("float32") for _ in range(4)]
+    for pad_value, integer in ((0.0, True), (0.5, False)):
+        annotated = annotate(model(pad_value))
+        qparams = choose_qparams(collect(annotated, [{"x": x} for x in xs], ["x"], host_engine, progress=False),
+                                 symmetric=symmetric)
+        simulated = insert_qdq(annotated, qparams)
+        realized = realize(simulated)
+        pads = [v for _, v in main_bindings(realized) if op_name(v) == "nn.pad" and int(v.attrs.pad_width[3]) == 2]
+        ops = [op_name(v) for _, v in main_bindings(realized)]
+        assert len(pads) == 1 and (str(pads[0].args[0].ty.dtype) in ("int8", "uint8")) == integer
+        assert (ops.count("quantize") == 1) == integer, ops
+        if integer:
+            assert float(pads[0].attrs.pad_value) in {float(q.zero_point) for q in qparams.values()}
+        for x in xs:
+            sim, got = _run(simulated, x), _run(realized, x)
+            assert np.abs(sim - got).max() <= float(max(q.scale for q in qparams.values())) * 1.01

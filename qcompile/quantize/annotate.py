@@ -25,7 +25,7 @@ from ..ir import (
     vars_in,
 )
 from ..layers import compute_layer_names
-from ..ops import BINARY, COMPUTE, CONCAT, ELEMENTWISE, EPILOGUE, PASSTHROUGH, REDUCE, short_name
+from ..ops import BINARY, COMPUTE, CONCAT, ELEMENTWISE, EPILOGUE, REDUCE, moves_values, short_name
 
 
 @dataclass
@@ -130,7 +130,7 @@ def plan(mod, layer_names: list[str] | None = None, policy: Policy | None = None
         if var in claimed or not isinstance(value, relax.Call) or not _is_float_tensor(value):
             continue
         args = value.args
-        if op in PASSTHROUGH and is_var(args[0]):
+        if moves_values(op, value.attrs) and is_var(args[0]):
             source[var] = args[0]
             continue
         if op in COMPUTE and is_var(args[0]) and (is_const(args[1]) or (op == "matmul" and is_var(args[1]))):

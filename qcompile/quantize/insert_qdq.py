@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from ..ir import const, const_value, emit_as_is, is_const, observe_site, op_name, rewrite_main, tensor_shape
-from ..ops import COMPUTE, PASSTHROUGH, channel_axes
+from ..ops import COMPUTE, channel_axes, moves_values
 from .params import QParams, weight_qparams
 
 
@@ -90,11 +90,14 @@ def qdq_rule(qparams: dict[str, QParams], per_channel: bool = True, input_means:
                 mean_of[out] = input_means[site]
             return out
         op = op_name(value)
-        if op in PASSTHROUGH and value.args[0] in quantized:  # realize keeps these 8-bit
+        if moves_values(op, getattr(value, "attrs", None)) and value.args[0] in quantized:  # realize keeps these 8-bit
             out = bb.emit(value, str(var.name))
             quantized.add(out)
             if op in ("reshape", "flatten") and value.args[0] in mean_of:
                 mean_of[out] = mean_of[value.args[0]].reshape(tensor_shape(out))
+            elif op == "nn.pad" and value.args[0] in mean_of:
+                widths = [int(w) for w in value.attrs.pad_width]
+                mean_of[out] = np.pad(mean_of[value.args[0]], list(zip(widths[0::2], widths[1::2])))
             return out
         if op in COMPUTE and value.args[0] in quantized and is_const(value.args[1]):
             w = const_value(value.args[1])

@@ -30,7 +30,7 @@ from ..ir import (
     tensor_shape,
     vars_in,
 )
-from ..ops import COMPUTE, ELEMENTWISE, PASSTHROUGH, channel_axes
+from ..ops import COMPUTE, ELEMENTWISE, PASSTHROUGH, channel_axes, moves_values
 from .insert_qdq import weight_axis
 from .params import weight_qparams
 
@@ -395,6 +395,8 @@ class Realizer:
     def passthrough(self, bb, call):
         op = op_name(call)
         rep = self.reps.get(call.args[0])
+        if not moves_values(op, call.attrs):
+            return None
         if isinstance(rep, TableRep) and op in LAYOUT:
             moved = self.passthrough_int(bb, call, rep.source)
             return TableRep(moved, rep.table) if moved is not None else None
@@ -403,6 +405,9 @@ class Realizer:
     def passthrough_int(self, bb, call, rep: IntRep):
         if not rep.per_tensor:
             return None
+        if op_name(call) == "nn.pad":  # with zeros (ops.moves_values): the zero point's code
+            out = bb.emit(R.nn.pad(rep.var, [int(w) for w in call.attrs.pad_width], pad_value=float(rep.zp)))
+            return IntRep(out, rep.scale, rep.zp, None, rep.dtype)
         out = bb.emit(relax.Call(call.op, [rep.var, *call.args[1:]], call.attrs, call.ty_args))
         return IntRep(out, rep.scale, rep.zp, None, rep.dtype)
 
@@ -427,7 +432,7 @@ class Realizer:
             rules.append(self.reduce)
         if op == "concat":
             rules.append(self.concat)
-        if op in PASSTHROUGH:
+        if op in PASSTHROUGH or op == "nn.pad":
             rules.append(self.passthrough)
         return rules
 
