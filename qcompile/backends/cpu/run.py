@@ -66,15 +66,17 @@ def _use_artifact_thread_pool(path: Path, loaded: Path) -> None:
 
 def thread_pool_stats(path) -> dict | None:
     """The loaded artifact's own thread pool: its threads, the parallel loops it ran and the chunks
-    the calling thread and its workers ran; None when its kernels run on TVM's pool."""
+    the calling thread and its workers ran, the loops cut finely after a stall; None when its kernels
+    run on TVM's pool."""
     import ctypes
 
     lib = _POOLS.get(str(Path(path).resolve()))
     if lib is None:
         return None
-    counts = (ctypes.c_int64 * 3)()
+    counts = (ctypes.c_int64 * 4)()
     threads = lib.qcompile_parallel_pool_stats(counts)
-    return {"threads": threads, "launches": counts[0], "caller_chunks": counts[1], "worker_chunks": counts[2]}
+    return {"threads": threads, "launches": counts[0], "caller_chunks": counts[1], "worker_chunks": counts[2],
+            "fine_launches": counts[3]}
 
 
 def _flatten(value) -> list[np.ndarray]:

@@ -6,9 +6,13 @@
 // exactly one chunk and waits for all: when another process holds a core, the descheduled thread's
 // chunk finishes a scheduler time slice later, at every parallel loop, and a model of 2 ms took
 // 20 ms on a busy 2-core machine while onnxruntime's pool (where a waiting thread takes over work)
-// lost little. Here the loop is cut into QCOMPILE_CHUNKS chunks per thread, the calling thread and
-// the workers claim chunks from one counter, and the caller never waits for a thread that has not
-// started: a busy core costs at most the chunk it holds.
+// lost little. Here the calling thread and the workers claim chunks from one counter, and the
+// caller never waits for a thread that has not started. On a quiet machine a loop is cut into one
+// chunk per thread, as TVM's pool cuts it: finer chunks cost a claim and a shared cache line's
+// round trip each (BlazeFace int8 with 4 chunks per thread ran 1.1-1.3x the time of TVM's pool on
+// a 2-core Xeon). Once the caller has had to sleep for a chunk (its thread lost the core), the next
+// loops are cut into kChunksPerThread chunks per thread, so a busy core costs at most the smaller
+// chunk it holds.
 //
 // The loaders (qcompile's Python loader, the bundle's qcompile_run) call
 // qcompile_use_parallel_pool() after TVM has loaded the library (TVM sets the pointer to its own
@@ -21,6 +25,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -41,7 +46,8 @@ extern void* __TVMBackendParallelLaunch __attribute__((weak));
 
 namespace {
 
-constexpr int kChunksPerThread = 4;
+constexpr int kChunksPerThread = 4;  // per thread, while a core is contended
+constexpr int kContendedLaunches = 256;  // loops cut finely after the caller slept for a chunk
 constexpr int kSpinIterations = 1 << 14;  // a worker's busy wait for the next loop before it sleeps
 
 void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
@@ -50,6 +56,12 @@ void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
 
 void futex_wake(std::atomic<uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
+int64_t now_ns() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec;
 }
 
 inline void cpu_relax() {
@@ -83,32 +95,35 @@ struct Pool {
   std::atomic<int> num_task{0};
   // (generation << 32) | next chunk: a claim is one compare-exchange, so a late worker can never
   // take a chunk of a later job under an earlier job's generation.
-  std::atomic<uint64_t> state{0};
-  std::atomic<uint32_t> generation{0};  // futex word the idle workers sleep on
+  alignas(64) std::atomic<uint64_t> state{0};
+  alignas(64) std::atomic<uint32_t> generation{0};  // futex word the idle workers sleep on
   std::atomic<int> sleepers{0};
-  std::atomic<uint32_t> done{0};  // chunks finished; futex word the caller sleeps on
+  alignas(64) std::atomic<uint32_t> done{0};  // chunks finished; futex word the caller sleeps on
   std::atomic<int> caller_sleeping{0};
   std::atomic<int> failed{0};
-  // what qcompile_parallel_pool_stats reports: loops launched, chunks run by the caller, by workers
-  std::atomic<int64_t> launches{0}, caller_chunks{0}, worker_chunks{0};
+  int contended_launches = 0;  // loops still to cut finely; read and written by the caller only
+  // what qcompile_parallel_pool_stats reports: loops launched, chunks run by the caller, by
+  // workers, and the loops cut into kChunksPerThread chunks per thread
+  alignas(64) std::atomic<int64_t> launches{0}, caller_chunks{0}, worker_chunks{0}, fine_launches{0};
 
   // Claims and runs chunks of job `gen` until none is left.
   void RunChunks(uint32_t gen, std::atomic<int64_t>* count) {
+    int64_t ran = 0;  // counted once at the end: a shared counter per chunk is another line's round trip
     for (;;) {
       uint64_t s = state.load(std::memory_order_acquire);
-      if ((s >> 32) != gen) return;
       uint32_t index = static_cast<uint32_t>(s);
       int n = num_task.load(std::memory_order_relaxed);
-      if (index >= static_cast<uint32_t>(n)) return;
+      if ((s >> 32) != gen || index >= static_cast<uint32_t>(n)) break;
       if (!state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
       TVMParallelGroupEnv env{nullptr, n};
       if (fn(static_cast<int>(index), &env, cdata) != 0) failed.store(1, std::memory_order_relaxed);
-      count->fetch_add(1, std::memory_order_relaxed);
+      ++ran;
       if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == static_cast<uint32_t>(n) &&
           caller_sleeping.load(std::memory_order_seq_cst)) {
         futex_wake(&done);
       }
     }
+    if (ran > 0) count->fetch_add(ran, std::memory_order_relaxed);
   }
 
   void Work() {
@@ -132,7 +147,12 @@ struct Pool {
   }
 
   int Launch(FTVMParallelLambda lambda, void* data) {
-    int n = threads * kChunksPerThread;
+    int n = threads;
+    if (contended_launches > 0) {
+      --contended_launches;
+      n *= kChunksPerThread;
+      fine_launches.fetch_add(1, std::memory_order_relaxed);
+    }
     fn = lambda;
     cdata = data;
     num_task.store(n, std::memory_order_relaxed);
@@ -144,14 +164,20 @@ struct Pool {
     generation.store(gen, std::memory_order_seq_cst);
     if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake(&generation);
     launches.fetch_add(1, std::memory_order_relaxed);
+    int64_t start = now_ns();
     RunChunks(gen, &caller_chunks);
+    int64_t ran_until = now_ns();
+    // Waiting longer than the caller's own chunks took (and a 20 us floor for a wake-up) means a
+    // chunk's thread lost its core, not that the chunks were uneven.
+    int64_t patience = ran_until - start > 20000 ? ran_until - start : 20000;
     for (int spins = 0; done.load(std::memory_order_acquire) != static_cast<uint32_t>(n); ++spins) {
-      if (spins < 1024) {
+      if ((spins & 63) != 0 || now_ns() - ran_until < patience) {
         cpu_relax();
         continue;
       }
       // A chunk is still running on a thread that lost its core: sleep until it ends, so the
       // scheduler may move that thread here.
+      contended_launches = kContendedLaunches;
       caller_sleeping.store(1, std::memory_order_seq_cst);
       uint32_t d = done.load(std::memory_order_seq_cst);
       if (d != static_cast<uint32_t>(n)) futex_wait(&done, d);
@@ -213,12 +239,14 @@ extern "C" __attribute__((visibility("default"))) int qcompile_use_parallel_pool
   return 1;
 }
 
-// For tests and benchmarks: the pool's thread count, and in out[0..2]
-// the loops it ran in parallel, the chunks the calling thread ran and those its workers ran.
+// For tests and benchmarks: the pool's thread count, and in out[0..3] the loops it ran in
+// parallel, the chunks the calling thread ran, those its workers ran, and the loops it cut into
+// kChunksPerThread chunks per thread (after a stall) rather than one.
 extern "C" __attribute__((visibility("default"))) int qcompile_parallel_pool_stats(int64_t* out) {
   Pool* pool = the_pool();
   out[0] = pool->launches.load();
   out[1] = pool->caller_chunks.load();
   out[2] = pool->worker_chunks.load();
+  out[3] = pool->fine_launches.load();
   return pool->threads;
 }

@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
     }
     std::printf("outputs=%zu\n", outputs.size());
     if (pool_stats != nullptr) {
-      int64_t counts[3];
+      int64_t counts[4];
       std::printf("threads=%d\nthread_pool=qcompile\n", pool_stats(counts));
     } else if (auto num_threads = ffi::Function::GetGlobal("runtime.NumThreads")) {
       std::printf("threads=%d\nthread_pool=tvm\n", (*num_threads)().cast<int>());
