@@ -42,6 +42,28 @@ def test_an_int8_build_records_its_agreement_with_float(tmp_path, small_cnn_path
     assert all(row["sqnr_db"] >= row["simulation_sqnr_db"] - 6 and row["sqnr_vs_simulation_db"] > 20 for row in v["outputs"])
 
 
+def test_an_int8_build_is_measured_over_several_samples_pooled(tmp_path, small_cnn_path):
+    """On one sample a small output is a coin toss (a score near 0 that one rounding step moves by
+    half its value refused a good face-landmark build); a quantized build is measured over
+    QUANTIZED_SAMPLES samples of its calibration data, the SQNR pooled over them."""
+    from qcompile.verification import QUANTIZED_SAMPLES
+
+    x = np.random.default_rng(1).standard_normal((QUANTIZED_SAMPLES + 4, 1, 8, 8)).astype(np.float32)
+    calib = [{"x": x[i:i + 1]} for i in range(len(x))]
+    result = qcompile.build(small_cnn_path, "host", tmp_path / "q.so", input_shapes={"x": [1, 1, 8, 8]}, quantize={},
+                            calib=calib)
+    v = result.metadata["verification"]
+    assert v["samples"] == QUANTIZED_SAMPLES
+    imported = load_model(small_cnn_path, {"x": [1, 1, 8, 8]})
+    model = qcompile.load(tmp_path / "q.so")
+    got = np.stack([model({"x": b["x"]})[imported.outputs[0].name] for b in calib[:QUANTIZED_SAMPLES]])
+    ref = np.stack([reference_outputs(imported, b)[1][0] for b in calib[:QUANTIZED_SAMPLES]]).astype(np.float64)
+    pooled = 10 * np.log10(np.sum(ref ** 2) / np.sum((got - ref) ** 2))
+    assert v["outputs"][0]["sqnr_db"] == pytest.approx(pooled, abs=1e-6)
+    first = 10 * np.log10(np.sum(ref[0] ** 2) / np.sum((got[0] - ref[0]) ** 2))
+    assert abs(first - pooled) > 1e-3  # one sample alone would have given another figure
+
+
 def test_an_int8_build_far_from_its_simulation_is_refused(tmp_path, small_cnn_path, monkeypatch):
     """Were the simulation exact, the integer build (tens of dB from float) would lose far more than
     it: the check that catches a wrong integer kernel or scale refuses it in one line."""

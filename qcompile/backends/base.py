@@ -144,10 +144,10 @@ class Backend:
                             f"{path}: qcompile.load keeps only native CPU artifacts loaded in this process; "
                             f"run this '{self.spec.name}' artifact with qcompile.run")
 
-    def run_compiled(self, compiled, arrays: list[np.ndarray], metadata: dict):
-        """(outputs, None) of a compiled module on `arrays`, or (None, why it cannot run here): the
-        artifact is exported to a temporary folder and run as a user would run it (an executable
-        run in memory first prints TVM warnings when exported after)."""
+    def run_compiled(self, compiled, batches: list[list[np.ndarray]], metadata: dict):
+        """(outputs of each batch, None) of a compiled module, or (None, why it cannot run here): the
+        artifact is exported once to a temporary folder and run as a user would run it (an
+        executable run in memory first prints TVM warnings when exported after)."""
         import tempfile
         from pathlib import Path
 
@@ -159,7 +159,7 @@ class Backend:
         with tempfile.TemporaryDirectory(prefix="qcompile-verify-") as folder:
             with stage("export"):
                 path = self.export(compiled, Path(folder) / f"model{self.suffix}", metadata)
-            return self.run(path, arrays, metadata, 0)[0], None
+            return [self.run(path, arrays, metadata, 0)[0] for arrays in batches], None
 
     def device(self, rpc=None, target=None) -> "Device":
         """Where kernels and models are measured: this machine, or a device at an RPC tracker."""
