@@ -24,18 +24,19 @@ class CPUBackend(Backend):
     def relax_passes(self) -> list:
         from ..float_requantize import float_requantize_pass
         from ..packed.pack import is_eligible, is_float_eligible, pack_float_pass, pack_int8_pass
+        from .branch_free import branch_free_prelu_pass
         from .channels_last import channels_last_pass
 
         kernel, floating = self.family.int8, self._float_kernel()
         packed = ([pack_int8_pass(kernel)] if kernel is not None else []) + \
                  ([pack_float_pass(floating)] if floating is not None else [])
         if not packed:
-            return []
+            return [branch_free_prelu_pass()]
 
         def is_packed(call) -> bool:
             return (kernel is not None and is_eligible(call)) or (floating is not None and is_float_eligible(call))
         requantize = [float_requantize_pass()] if kernel is not None else []
-        return requantize + ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed
+        return [branch_free_prelu_pass(), *requantize] + ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed
 
     def schedule_passes(self, target) -> list:
         from tvm.s_tir.dlight import ApplyDefaultSchedule
