@@ -128,14 +128,19 @@ def compare(imported, got: list[np.ndarray], ref: list[np.ndarray], quantized: b
     return {"reference": runtime, "outputs": rows}
 
 
-def simulation_outputs(prepared, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """The fake-quantized float module the integer build was realized from, run here."""
+def simulation_outputs(prepared, batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """The fake-quantized float module the integer build was realized from, compiled once and run
+    here on each batch."""
     import tvm
 
     from .backends import host_engine
 
-    result = host_engine(prepared.simulated)["main"](*[tvm.runtime.tensor(a) for a in arrays])
-    return [result[i].numpy() for i in range(len(result))] if not hasattr(result, "numpy") else [result.numpy()]
+    main = host_engine(prepared.simulated)["main"]
+    outputs = []
+    for arrays in batches:
+        result = main(*[tvm.runtime.tensor(a) for a in arrays])
+        outputs.append([result[i].numpy() for i in range(len(result))] if not hasattr(result, "numpy") else [result.numpy()])
+    return outputs
 
 
 def check_against_simulation(imported, rows: list[dict], got, simulated, ref, runtime: str) -> None:
@@ -175,7 +180,7 @@ def verify(prepared, backend, compiled, metadata: dict, calib=None) -> dict:
     result = {"verified": True, "quantized": quantized, "samples": int(samples),
               **compare(imported, got, refs, quantized, runtime)}
     if quantized and getattr(prepared, "simulated", None) is not None:
-        simulated = _pooled([simulation_outputs(prepared, a) for a in arrays])
+        simulated = _pooled(simulation_outputs(prepared, arrays))
         check_against_simulation(imported, result["outputs"], got, simulated, refs, runtime)
         result["against_simulation"] = True
     return result

@@ -70,7 +70,8 @@ def test_an_int8_build_far_from_its_simulation_is_refused(tmp_path, small_cnn_pa
     from qcompile import verification
 
     monkeypatch.setattr(verification, "simulation_outputs",
-                        lambda prepared, arrays: verification.reference_outputs(prepared.imported, {"x": arrays[0]})[1])
+                        lambda prepared, batches: [verification.reference_outputs(prepared.imported, {"x": b[0]})[1]
+                                                   for b in batches])
     calib = [{"x": np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)}]
     with pytest.raises(QCompileError, match=r"^verification: output '.*' of the integer build is .* dB from onnxruntime, "
                                             r"its float simulation inf dB: the integer kernels lose more"):
