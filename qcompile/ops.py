@@ -71,7 +71,6 @@ PASSTHROUGH = {
 }
 
 
-
 def moves_values(op: str | None, attrs=None) -> bool:
     """A PASSTHROUGH op, or a constant pad with zeros: an 8-bit tensor padded with its zero point's
     code stands for the same values padded with 0 (the residual channel padding of MobileNet- and

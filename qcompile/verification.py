@@ -22,6 +22,12 @@ SIMULATION_MARGIN_DB = 6.0
 QUANTIZED_SAMPLES = 8
 
 
+def _samples_in(arrays) -> int:
+    """The samples in one batch: its first input's leading dimension (1 for a scalar or no input)."""
+    first = next(iter(arrays), None)
+    return len(first) if first is not None and np.ndim(first) else 1
+
+
 def sample_batches(imported, calib=None, samples: int = 1) -> list[dict[str, np.ndarray]]:
     """Calibration batches until `samples` samples, else seeded batches (one per sample, at most 4)."""
     if calib is None:
@@ -31,8 +37,7 @@ def sample_batches(imported, calib=None, samples: int = 1) -> list[dict[str, np.
     batches, count = [], 0
     for batch in load_calibration(calib, imported.inputs):
         batches.append({k: np.ascontiguousarray(v) for k, v in batch.items()})
-        first = next(iter(batch.values()), None)
-        count += len(first) if first is not None and np.ndim(first) else 1
+        count += _samples_in(batch.values())
         if count >= samples:
             break
     return batches
@@ -175,9 +180,8 @@ def verify(prepared, backend, compiled, metadata: dict, calib=None) -> dict:
         return {"verified": False, "why": why}
     for outputs, ref in zip(got, refs):
         check_shapes(imported, outputs, ref, runtime)
-    samples = sum(len(a[0]) if a and np.ndim(a[0]) else 1 for a in arrays)
     got, refs = _pooled(got), _pooled(refs)
-    result = {"verified": True, "quantized": quantized, "samples": int(samples),
+    result = {"verified": True, "quantized": quantized, "samples": int(sum(_samples_in(a) for a in arrays)),
               **compare(imported, got, refs, quantized, runtime)}
     if quantized and getattr(prepared, "simulated", None) is not None:
         simulated = _pooled(simulation_outputs(prepared, arrays))

@@ -30,13 +30,14 @@ class CPUBackend(Backend):
         kernel, floating = self.family.int8, self._float_kernel()
         packed = ([pack_int8_pass(kernel)] if kernel is not None else []) + \
                  ([pack_float_pass(floating)] if floating is not None else [])
+        first = [branch_free_prelu_pass()]  # every CPU family: the select it removes is LLVM's, not a kernel's
         if not packed:
-            return [branch_free_prelu_pass()]
+            return first
 
         def is_packed(call) -> bool:
             return (kernel is not None and is_eligible(call)) or (floating is not None and is_float_eligible(call))
         requantize = [float_requantize_pass()] if kernel is not None else []
-        return [branch_free_prelu_pass(), *requantize] + ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed
+        return first + requantize + ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed
 
     def schedule_passes(self, target) -> list:
         from tvm.s_tir.dlight import ApplyDefaultSchedule

@@ -38,10 +38,13 @@ def _where_parts(value, defs: dict):
     test = defs.get(cond)
     if test is None or not isinstance(x, relax.Var):
         return None
-    a, b = test.args if op_name(test) in ("greater", "less") else (None, None)
-    is_positive = (op_name(test) == "greater" and a.same_as(x) and _is_zero(b)) or \
-                  (op_name(test) == "less" and b.same_as(x) and _is_zero(a))
-    alpha = _slope_of(x, defs.get(other)) if is_positive else None
+    if op_name(test) == "greater":
+        tested, zero = test.args
+    elif op_name(test) == "less":
+        zero, tested = test.args
+    else:
+        return None
+    alpha = _slope_of(x, defs.get(other)) if tested.same_as(x) and _is_zero(zero) else None
     return None if alpha is None else (x, alpha)
 
 
