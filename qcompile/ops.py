@@ -32,6 +32,10 @@ ELEMENTWISE = {
     "floor": np.floor, "ceil": np.ceil, "round": np.round,
 }
 
+# Elementwise ops that are a few vector instructions in float32 on every target (no libm call):
+# a table of them alone is computed rather than looked up (quantize/realize.py).
+ARITHMETIC = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "clip", "nn.relu", "negative", "abs"}
+
 # Full Relax op name -> the layer kind reports and layer names use (every op with a weight operand).
 LAYER_OPS = {
     "relax.nn.conv2d": "conv2d", "relax.nn.conv1d": "conv1d", "relax.matmul": "matmul",
@@ -72,12 +76,20 @@ PASSTHROUGH = {
 
 
 def moves_values(op: str | None, attrs=None) -> bool:
-    """A PASSTHROUGH op, or a constant pad with zeros: an 8-bit tensor padded with its zero point's
-    code stands for the same values padded with 0 (the residual channel padding of MobileNet- and
-    BlazeFace-style blocks). Other pad values need not be codes of the input's scale."""
+    """A PASSTHROUGH op, a nearest-neighbour resize, or a constant pad with zeros: an 8-bit tensor
+    padded with its zero point's code stands for the same values padded with 0 (the residual channel
+    padding of MobileNet- and BlazeFace-style blocks). Other pad values need not be codes of the
+    input's scale."""
     if op == "nn.pad":
         return str(attrs.pad_mode) == "constant" and float(attrs.pad_value) == 0.0
+    if op == "image.resize2d":  # nearest-neighbour upsampling (FPN/PAN necks) copies values
+        return is_nearest_resize(attrs)
     return op in PASSTHROUGH
+
+
+def is_nearest_resize(attrs) -> bool:
+    """A resize that copies input values (crop-and-resize can also write an extrapolation value)."""
+    return str(attrs.method) == "nearest_neighbor" and str(attrs.coordinate_transformation_mode) != "tf_crop_and_resize"
 
 
 # Reductions whose int32 sum has an exact scale.

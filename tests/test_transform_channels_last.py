@@ -231,7 +231,8 @@ def test_prelu_float_island_and_pool_between_int8_convs_stay_channels_last():
     tvm.ir.assert_structural_equal(_run(_prelu_pool()), Expected)
 
 
-@pytest.mark.parametrize("before, shape", [("_lookup_odd_shape", (1, 3, 5, 7)), ("_prelu_pool", (1, 3, 8, 8))])
+@pytest.mark.parametrize("before, shape", [("_lookup_odd_shape", (1, 3, 5, 7)), ("_prelu_pool", (1, 3, 8, 8)),
+                                           ("_upsample_concat_neck", (1, 3, 8, 8))])
 def test_moved_transposes_keep_the_values(before, shape):
     """The rewritten module computes what the original did."""
     from tvm import relax
@@ -243,3 +244,47 @@ def test_moved_transposes_keep_the_values(before, shape):
         vm = relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())
         outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+W3 = RNG.integers(-127, 128, (2, 8, 1, 1)).astype("int8")
+WS = RNG.integers(-127, 128, (4, 3, 3, 3)).astype("int8")
+
+
+def _upsample_concat_neck():
+    """A detector's neck: two int8 branches that each leave a float PReLU island (a where, no layout
+    rule), the coarser one upsampled by a nearest-neighbour resize, concatenated, an int8 conv."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "int8")) -> R.Tensor((1, 2, 8, 8), "int32"):
+            with R.dataflow():
+                y = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1], out_dtype="int32")
+                f = R.multiply(R.astype(y, "float32"), R.const(0.01, "float32"))
+                p = R.where(R.greater(f, R.const(0.0, "float32")), f, R.multiply(f, R.const(0.25, "float32")))
+                a = R.quantize(p, R.const(0.05, "float32"), R.const(0, "int32"), out_dtype="int8", axis=-1)
+                s = R.nn.conv2d(x, R.const(WS), strides=[2, 2], padding=[1, 1, 1, 1], out_dtype="int32")
+                g = R.multiply(R.astype(s, "float32"), R.const(0.01, "float32"))
+                q = R.where(R.greater(g, R.const(0.0, "float32")), g, R.multiply(g, R.const(0.25, "float32")))
+                b = R.quantize(q, R.const(0.05, "float32"), R.const(0, "int32"), out_dtype="int8", axis=-1)
+                u = R.image.resize2d(b, R.shape([8, 8]), layout="NCHW", method="nearest_neighbor",
+                                     coordinate_transformation_mode="asymmetric", rounding_method="floor")
+                c = R.concat((a, u), axis=1)
+                z = R.nn.conv2d(c, R.const(W3), out_dtype="int32")
+                R.output(z)
+            return z
+
+    return Before
+
+
+def test_upsample_and_concat_neck_stays_channels_last():
+    """The resize and the concat run on NHWC tensors: the only transposes left are the model
+    input's and output's (the resize had one on each side, the concat one per input)."""
+    from qcompile.ir import main_bindings, op_name
+
+    after = _run(_upsample_concat_neck())
+    calls = [v for _, v in main_bindings(after)]
+    assert [op_name(v) for v in calls].count("permute_dims") == 3  # x into each branch's conv, and z out
+    assert all(v.args[0].same_as(after["main"].params[0]) for v in calls[:-1] if op_name(v) == "permute_dims")
+    (resize,) = [v for v in calls if op_name(v) == "image.resize2d"]
+    (concat,) = [v for v in calls if op_name(v) == "concat"]
+    assert str(resize.attrs.layout) == "NHWC" and int(concat.attrs.axis) == 3

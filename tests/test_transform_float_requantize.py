@@ -42,10 +42,10 @@ def test_requantize_to_int8_becomes_a_float_multiply_and_round():
         def main(x: R.Tensor((1, 4, 3, 3), "uint8")) -> R.Tensor((1, 4, 3, 3), "uint8"):
             with R.dataflow():
                 a = R.astype(x, "float32")
-                b = R.subtract(a, R.const(128.0, "float32"))  # the input's zero point, exact in float32
+                b = R.subtract(a, R.const(np.array([128.0], "float32")))  # the input's zero point, exact in float32
                 c = R.multiply(b, R.const(FLOAT_RATIO))
                 d = R.round(c)
-                e = R.add(d, R.const(3.0, "float32"))  # the output's zero point, after the round
+                e = R.add(d, R.const(np.array([3.0], "float32")))  # the output's zero point, after the round
                 f = R.clip(e, 0, 255)
                 y = R.astype(f, "uint8")
                 R.output(y)
@@ -128,9 +128,9 @@ def test_quantize_with_one_scale_multiplies_by_its_inverse():
         @R.function
         def main(x: R.Tensor((2, 64, 64), "float32")) -> R.Tensor((2, 64, 64), "uint8"):
             with R.dataflow():
-                a = R.multiply(x, R.const(1.0 / np.float32(0.037), "float32"))
+                a = R.multiply(x, R.const(np.array([1.0 / np.float32(0.037)], "float32")))  # an operand (ir.operand)
                 b = R.round(a)
-                c = R.add(b, R.const(7.0, "float32"))
+                c = R.add(b, R.const(np.array([7.0], "float32")))
                 d = R.clip(c, 0, 255)
                 y = R.astype(d, "uint8")
                 R.output(y)

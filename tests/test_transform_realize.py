@@ -136,3 +136,100 @@ def test_zero_padding_stays_8_bit_with_the_zero_points_code(symmetric):
         for x in xs:
             sim, got = _run(simulated, x), _run(realized, x)
             assert np.abs(sim - got).max() <= float(max(q.scale for q in qparams.values())) * 1.01
+
+
+def _calibrated(mod, symmetric=True):
+    """(the simulated module, the realized module, the largest quantization step) of `mod`."""
+    from qcompile.quantize.calibrate import choose_qparams, collect
+
+    xs = [RNG.standard_normal((1, 3, 8, 8)).astype("float32") for _ in range(4)]
+    annotated = annotate(mod)
+    qparams = choose_qparams(collect(annotated, [{"x": x} for x in xs], ["x"], host_engine, progress=False),
+                             symmetric=symmetric)
+    simulated = insert_qdq(annotated, qparams)
+    return simulated, realize(simulated), float(max(q.scale for q in qparams.values())), xs
+
+
+def _ops(mod) -> list:
+    from qcompile.ir import main_bindings, op_name
+
+    return [op_name(v) for _, v in main_bindings(mod)]
+
+
+W_CAT = np.concatenate([W2, W2], axis=1)
+
+
+def _one_step_into(w, step: float) -> float:
+    """The most a float conv's output can move when each input code moves by one step."""
+    return float(np.abs(w).sum(axis=(1, 2, 3)).max()) * step * 1.01
+
+
+def _hardswish(bb, c):
+    return bb.emit(R.multiply(c, bb.emit(R.divide(bb.emit(R.clip(bb.emit(R.add(c, relax.const(3.0))), 0, 6)),
+                                                  relax.const(6.0)))))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("activation, lookups", [("hardswish", 0), ("sigmoid", 1), ("hardsigmoid", 0)])
+def test_arithmetic_activations_are_computed_and_others_looked_up(activation, lookups, symmetric):
+    """A hardswish or hardsigmoid between int8 convs is float32 arithmetic on the dequantized codes
+    (elementwise: it fuses into the conv's epilogue), not a 256-entry lookup; a sigmoid (exp) is
+    still a lookup. Either way, within one step of the simulation."""
+    def act(bb, c):
+        if activation == "hardswish":
+            return _hardswish(bb, c)
+        if activation == "sigmoid":
+            return bb.emit(R.sigmoid(c))
+        return bb.emit(R.clip(bb.emit(R.add(bb.emit(R.multiply(c, relax.const(1 / 6))), relax.const(0.5))), 0, 1))
+
+    def model(then_conv):
+        def body(bb, x):
+            a = act(bb, bb.emit(R.add(bb.emit(conv(x, W1)), relax.const(B1))))
+            return bb.emit(conv(a, W2)) if then_conv else a
+        return function(body)
+
+    _, realized, _, _ = _calibrated(model(then_conv=True), symmetric)
+    ops = _ops(realized)
+    assert ops.count("take") == lookups and ops.count("nn.conv2d") == 2, ops
+    simulated, realized, step, xs = _calibrated(model(then_conv=False), symmetric)  # the activation's own values
+    for x in xs:
+        assert np.abs(_run(simulated, x) - _run(realized, x)).max() <= step * 1.01
+
+
+@pytest.mark.parametrize("method, integer", [("nearest_neighbor", True), ("linear", False)])
+def test_nearest_resize_moves_8_bit_codes(method, integer):
+    """A nearest-neighbour upsample (FPN/PAN necks) copies values: it runs on the 8-bit codes with
+    no dequantize/quantize island; a bilinear one computes new values and stays float."""
+    def model(bb, x):
+        c = bb.emit(R.nn.relu(bb.emit(R.add(bb.emit(conv(x, W1)), relax.const(B1)))))
+        u = bb.emit(R.image.resize2d(c, (16, 16), method=method, coordinate_transformation_mode="asymmetric",
+                                     rounding_method="floor"))
+        return bb.emit(conv(u, W2))  # a quantized consumer
+
+    simulated, realized, step, xs = _calibrated(function(model))
+    from qcompile.ir import main_bindings, op_name
+
+    (resize,) = [v for _, v in main_bindings(realized) if op_name(v) == "image.resize2d"]
+    assert (str(resize.args[0].ty.dtype) == "int8") == integer
+    assert (_ops(realized).count("quantize") == 1) == integer  # the model input's alone
+    for x in xs:
+        assert np.abs(_run(simulated, x) - _run(realized, x)).max() <= _one_step_into(W2, step)
+
+
+def test_concat_of_different_scales_requantizes_each_input_to_its_output_scale():
+    """Two branches of very different ranges concatenated: each branch is requantized once to the
+    concat's output codes and the concat moves 8-bit values (not int32 at
+    a common scale, then requantized again), within one step of the simulation."""
+    from qcompile.ir import main_bindings, op_name
+
+    def model(bb, x):
+        a = bb.emit(R.add(bb.emit(conv(x, W1)), relax.const(B1)))
+        b = bb.emit(R.multiply(bb.emit(conv(x, W1)), relax.const(40.0)))
+        return bb.emit(conv(bb.emit(R.concat([a, b], axis=1)), W_CAT))
+
+    simulated, realized, step, xs = _calibrated(function(model))
+    (concat,) = [v for _, v in main_bindings(realized) if op_name(v) == "concat"]
+    assert str(concat.args[0].fields[0].ty.dtype) == "int8" and str(concat.args[0].fields[1].ty.dtype) == "int8"
+    assert "right_shift" not in _ops(realized)[_ops(realized).index("concat"):]  # no int32 requantize after it
+    for x in xs:
+        assert np.abs(_run(simulated, x) - _run(realized, x)).max() <= _one_step_into(W_CAT, step)

@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from ..ir import const, const_value, emit_as_is, is_scalar_const, op_name, rewrite_main, tensor_dtype
+from ..ir import const, const_value, emit_as_is, is_scalar_const, op_name, operand, rewrite_main, tensor_dtype
 from ..quantize.realize import NARROW, match_mul_shift
 
 
@@ -72,10 +72,10 @@ class _Rewrite:
         ratio = (m.astype(np.float64) * np.exp2(-s.astype(np.float64))).astype(np.float32)
         y = R.astype(x, "float32")
         if zp_in:
-            y = R.subtract(y, const(zp_in, "float32"))
-        y = R.round(R.multiply(y, relax.const(ratio)))
+            y = R.subtract(y, operand(zp_in, "float32"))
+        y = R.round(R.multiply(y, relax.const(ratio) if ratio.ndim else operand(ratio, "float32")))
         if zp:
-            y = R.add(y, const(zp, "float32"))
+            y = R.add(y, operand(zp, "float32"))
         return bb.emit(R.astype(R.clip(y, lo, hi), str(value.attrs.dtype)), var.name)
 
     @staticmethod
@@ -85,9 +85,9 @@ class _Rewrite:
         x, scale, zp = value.args
         dtype = str(value.attrs.out_dtype)
         info, zero = np.iinfo(dtype), int(const_value(zp).item())
-        y = R.round(R.multiply(x, const(1.0 / const_value(scale).item(), tensor_dtype(x))))
+        y = R.round(R.multiply(x, operand(1.0 / const_value(scale).item(), tensor_dtype(x))))
         if zero:
-            y = R.add(y, const(zero, tensor_dtype(x)))
+            y = R.add(y, operand(zero, tensor_dtype(x)))
         return bb.emit(R.astype(R.clip(y, int(info.min), int(info.max)), dtype), var.name)
 
 

@@ -35,7 +35,7 @@ TO_NCHW = [0, 3, 1, 2]
 # parameters): they commute with any transpose of all their inputs.
 ELEMENTWISE = {"where", "astype", "quantize", "dequantize", "greater", "greater_equal", "less", "less_equal", "equal",
                "not_equal", "add", "subtract", "multiply", "divide", "maximum", "minimum", "clip", "round", "floor",
-               "ceil", "sigmoid", "tanh", "exp", "negative", "abs", "sqrt", "nn.relu"}
+               "ceil", "sigmoid", "tanh", "exp", "negative", "abs", "sqrt", "nn.relu", "right_shift"}
 POOLS = {"nn.max_pool2d": R.nn.max_pool2d, "nn.avg_pool2d": R.nn.avg_pool2d}
 COMMUTATIVE = ("add", "multiply", "maximum", "minimum")
 
@@ -87,8 +87,9 @@ def _commuted_args(var, value, permuted: dict):
 
 def sink_transposes(mod):
     """What ConvertLayout leaves behind for ops it has no layout rule for (where, take) or whose
-    input it found in NCHW: transposes move past elementwise ops and 2-D pools, and two transposes
-    in a row become one, or none where they cancel."""
+    input it found in NCHW: transposes move past elementwise ops, 2-D pools and resizes, and
+    concatenations of tensors transposed alike (a detector's upsample-and-concat neck), and two
+    transposes in a row become one, or none where they cancel."""
     permuted: dict = {}  # var -> (x, axes) where var = permute_dims(x, axes)
 
     def transposed(bb, var, x, axes):
@@ -115,6 +116,20 @@ def sink_transposes(mod):
             pooled = bb.emit(POOLS[name](permuted[value.args[0]][0], a.pool_size, a.strides, a.padding, a.dilation,
                                          a.ceil_mode, a.count_include_pad, layout="NHWC", out_layout="NHWC"))
             return transposed(bb, var, pooled, TO_NCHW)
+        if name == "image.resize2d" and value.attrs.layout == "NCHW" and \
+                permuted.get(value.args[0], (None, None))[1] == TO_NCHW:
+            a = value.attrs
+            resized = bb.emit(R.image.resize2d(permuted[value.args[0]][0], value.args[1], tuple(float(v) for v in a.roi), "NHWC", a.method,
+                                               a.coordinate_transformation_mode, a.rounding_method, a.cubic_alpha,
+                                               a.cubic_exclude, a.extrapolation_value, a.out_dtype))
+            return transposed(bb, var, resized, TO_NCHW)
+        if name == "concat" and isinstance(value.args[0], relax.Tuple):
+            fields = value.args[0].fields
+            sources = [permuted.get(f) for f in fields]
+            if all(s is not None and s[1] == sources[0][1] for s in sources):
+                axes = sources[0][1]
+                joined = bb.emit(R.concat([x for x, _ in sources], axis=axes[int(value.attrs.axis) % len(axes)]))
+                return transposed(bb, var, joined, axes)
         return emit_as_is(bb, var, value)
 
     return rewrite_main(mod, rule)
