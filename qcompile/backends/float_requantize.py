@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from ..ir import const, const_value, emit_as_is, is_scalar_const, op_name, operand, rewrite_main, tensor_dtype
+from ..ir import const_value, emit_as_is, is_scalar_const, op_name, operand, rewrite_main, tensor_dtype
 from ..quantize.realize import NARROW, match_mul_shift
 
 
