@@ -167,7 +167,9 @@ def test_depthwise_conv_becomes_the_depthwise_kernel():
     tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
 
 
-def test_matmul_becomes_reshape_packed_1x1_conv_reshape():
+@pytest.mark.parametrize("lead", [(3,), (3, 1)], ids=["2d", "3d-time-major"])
+def test_matmul_becomes_reshape_packed_1x1_conv_reshape(lead):
+    """Leading dimensions are rows too: an LSTM's input projection over every step, [T, B, K]."""
     kernel = FAMILIES["x86-vnni"].int8
 
     def before(bb, x):
@@ -179,10 +181,18 @@ def test_matmul_becomes_reshape_packed_1x1_conv_reshape():
         x4 = bb.emit(R.reshape(x, (1, 1, 3, 12)))  # one row of 3 pixels (NHWC), no copy
         y4 = _packed_conv(bb, x4, pack_weight(w_oihw, kernel), corr, kernel=kernel, shift=128, out_channels=7,
                           conv={"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}, layout="NHWC")
-        return bb.emit(R.reshape(y4, (3, 7)))
+        return bb.emit(R.reshape(y4, (*lead, 7)))
 
-    x = tensor_var("x", (3, 12), "int8")
-    tvm.ir.assert_structural_equal(_apply("x86-vnni", module([x], before)), module([x], expected))
+    x = tensor_var("x", (*lead, 12), "int8")
+    after = _apply("x86-vnni", module([x], before))
+    tvm.ir.assert_structural_equal(after, module([x], expected))
+    if lead == (3, 1):  # and computes the matmul exactly (its compute, unscheduled: runs on any CPU)
+        data = RNG.integers(-128, 128, (*lead, 12)).astype("int8")
+        want = data.astype(np.int64) @ WM.astype(np.int64)
+        packed = _apply("x86-avx2", module([x], before))
+        got = relax.VirtualMachine(tvm.compile(packed, target="llvm"), tvm.cpu())["main"](
+            tvm.runtime.tensor(data)).numpy()
+        np.testing.assert_array_equal(got, want)
 
 
 def test_only_the_int8_layer_of_a_mixed_module_is_rewritten():

@@ -226,11 +226,13 @@ def emit_matmul_as_conv(bb, x, w: np.ndarray, name: str, emit_conv, layout: str 
     emits the convolution. NCHW: x viewed as M images [M, K, 1, 1]; NHWC: as one row of M pixels
     [1, 1, M, K] (no copy), so the packed kernel's register tile spans rows of x and each weight
     vector it loads serves up to 8 of them (as M images, one: the 512x384 @ 384x96 matmul of a
-    transformer's MLP ran at a third of a plain matmul's speed)."""
-    m, k = (int(d) for d in x.ty.shape.values)
+    transformer's MLP ran at a third of a plain matmul's speed). Leading dimensions of x (a
+    recurrent layer's input projection over every time step, [T, B, K]) are rows too."""
+    *lead, k = (int(d) for d in x.ty.shape.values)
+    m = int(np.prod(lead))
     x4 = bb.emit(relax.op.reshape(x, (m, k, 1, 1) if layout == "NCHW" else (1, 1, m, k)))
     y = emit_conv(bb, x4, np.ascontiguousarray(w.T.reshape(w.shape[1], k, 1, 1)), name + "_conv")
-    return bb.emit(relax.op.reshape(y, (m, w.shape[1])), name)
+    return bb.emit(relax.op.reshape(y, (*lead, w.shape[1])), name)
 
 
 LAYOUTS = {("NCHW", "OIHW", "NCHW"): "NCHW", ("NHWC", "OHWI", "NHWC"): "NHWC"}  # (data, kernel, out) -> ours
@@ -300,8 +302,9 @@ def _rule(kernel: Int8Kernel):
                                   primfunc_name_hint=DEPTHWISE_NAME, name_hint=var.name)
         if name == "matmul" and is_eligible(value) and str(value.attrs.out_dtype) == "int32":
             x, w = value.args[0], const_value(value.args[1])
-            if len(x.ty.shape.values) == 2 and w.ndim == 2:
-                m, k = (int(d) for d in x.ty.shape.values)
+            if len(x.ty.shape.values) >= 2 and w.ndim == 2:
+                *lead, k = (int(d) for d in x.ty.shape.values)
+                m = int(np.prod(lead))
                 if kernel.tensor_core_matmul_min is not None and min(m, k, w.shape[1]) > kernel.tensor_core_matmul_min:
                     return emit_as_is(bb, var, value)  # left to the tensor-core matmul schedule
                 conv = {**ONE_BY_ONE, "layout": "NHWC"}
