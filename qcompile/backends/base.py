@@ -70,8 +70,8 @@ class Backend:
         # FastMathTransform first: exp, erf and tanh as TVM's vectorizable polynomial approximations
         # (libm's are scalar calls): the char LM's fp32 latency fell to 0.7x, its logits no further
         # from onnxruntime's (largest difference 2.6e-5 before, 2.6e-5 after).
-        fusion = [relax.transform.FastMathTransform(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-                  relax.transform.FuseOps(), relax.transform.FuseTIR()]
+        fusion = [relax.transform.FastMathTransform(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                  declared_op_patterns(), relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
         return self.dispatch_passes(target) + self.relax_passes() + fusion
 
     def scheduled_passes(self, target, tuned: bool = False) -> list:
@@ -137,8 +137,8 @@ class Backend:
     def load(self, path, metadata: dict):
         """The artifact loaded once into this process, for qcompile.load: an object with
         `bind(arrays)` (a call running the model on `arrays`, in parameter order, already on the
-        device) and `outputs(result)` (that call's result as a list of arrays), like
-        cpu/run.py's NativeModel. Where it cannot be, one QCompileError line says why and what to use."""
+        device), `outputs(result)` (that call's result as a list of arrays) and `run(arrays)` (one
+        whole call: arrays in, arrays out), like cpu/run.py's NativeModel. Where it cannot be, one QCompileError line says why and what to use."""
         why = self.runs_here()
         raise QCompileError(f"{path}: {why}" if why else
                             f"{path}: qcompile.load keeps only native CPU artifacts loaded in this process; "
@@ -196,6 +196,25 @@ class Device:
 
     def close(self) -> None:
         pass
+
+
+DECLARED_PATTERN = "qcompile.op_pattern"  # a kernel's own fusion pattern, for what TVM's analysis misjudges
+
+
+def declared_op_patterns():
+    """After AnnotateTIROpPattern: kernels declaring DECLARED_PATTERN get it as their op_pattern. The
+    stock pass re-analyses a pattern of 0 (elementwise), so a kernel cannot declare it beforehand."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="qcompile.DeclaredOpPatterns")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, tirx.PrimFunc) and func.attrs is not None and DECLARED_PATTERN in func.attrs:
+                mod[gv] = func.with_attr("op_pattern", int(func.attrs[DECLARED_PATTERN]))
+        return mod
+
+    return _pass
 
 
 def random_arrays(shapes_dtypes, seed: int = 0) -> list[np.ndarray]:
