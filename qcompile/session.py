@@ -46,8 +46,7 @@ class Session:
 
     def __call__(self, inputs) -> dict[str, np.ndarray]:
         """Run once on `inputs` (checked against the model's names, shapes and dtypes)."""
-        call = self._model.bind(load_inputs(inputs, self.metadata))
-        return name_outputs(self._model.outputs(call()), self.metadata)
+        return name_outputs(self._model.run(load_inputs(inputs, self.metadata)), self.metadata)
 
     def benchmark(self, inputs, repeat: int = 50, warmup: int = 5) -> dict:
         """Latency of the model on `inputs`, in ms: `warmup` untimed runs, then `repeat` timed ones

@@ -73,6 +73,23 @@ def test_repeated_calls_reuse_the_loaded_library(fp32_artifact, loads, tmp_path)
     assert len(loads) == 1
 
 
+def test_outputs_are_the_callers_to_keep(int8_artifact):
+    """A call's outputs are views of the tensors the VM returned (no copy): later calls, calls from
+    other threads and writes into an earlier output change none of the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = qcompile.load(int8_artifact)
+    want = [qcompile.run(int8_artifact, {"x": _x(seed)}).outputs["logits"] for seed in range(4)]
+    kept = [model({"x": _x(seed)})["logits"] for seed in range(4)]
+    kept[0][:] = 1e9  # the caller's to write
+    for seed in range(1, 4):
+        np.testing.assert_array_equal(kept[seed], want[seed])
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda seed: model({"x": _x(seed % 4)})["logits"], range(32)))
+    for seed, out in enumerate(got):
+        np.testing.assert_array_equal(out, want[seed % 4])
+
+
 @pytest.mark.parametrize("inputs", [
     {"y": _x()},                                     # wrong name
     {},                                              # missing
