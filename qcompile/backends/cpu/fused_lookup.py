@@ -12,7 +12,7 @@ in registers."""
 from __future__ import annotations
 
 import tvm
-from tvm import relax, te, tirx
+from tvm import te, tirx
 
 from ...ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
 from ..base import DECLARED_PATTERN
