@@ -26,6 +26,7 @@ class CPUBackend(Backend):
         from ..packed.pack import is_eligible, is_float_eligible, pack_float_pass, pack_int8_pass
         from .branch_free import branch_free_prelu_pass
         from .channels_last import channels_last_pass
+        from .conv1d_as_conv2d import conv1d_as_conv2d_pass
         from .fused_lookup import fused_lookup_pass
 
         kernel, floating = self.family.int8, self._float_kernel()
@@ -39,7 +40,8 @@ class CPUBackend(Backend):
         def is_packed(call) -> bool:
             return (kernel is not None and is_eligible(call)) or (floating is not None and is_float_eligible(call))
         requantize = [float_requantize_pass()] if kernel is not None else []
-        return first + requantize + ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed + last
+        return first + [conv1d_as_conv2d_pass()] + requantize + \
+            ([channels_last_pass(is_packed)] if self.family.channels_last else []) + packed + last
 
     def schedule_passes(self, target) -> list:
         from tvm.s_tir.dlight import ApplyDefaultSchedule
