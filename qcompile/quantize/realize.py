@@ -165,7 +165,7 @@ class Realizer:
             amax = max(float(np.abs(rep.table).max()), 1e-30)
             scale = amax / 2**15
             if rep.recipe is not None:
-                value = R.round(R.multiply(self.arithmetic(bb, rep), const(1.0 / scale, "float32")))
+                value = R.round(R.multiply(self.arithmetic(bb, rep), operand(1.0 / scale, "float32")))
                 return IntRep(bb.emit(R.astype(value, "int32")), np.float64(scale), 0, None, "int32")
             values = np.round(rep.table / scale).astype("int32")
             return IntRep(self.lookup(bb, rep.source, values), np.float64(scale), 0, None, "int32")
@@ -473,7 +473,7 @@ class Realizer:
             return None
         if isinstance(rep, TableRep) and (op in LAYOUT or op == "image.resize2d"):  # moves values, compares none
             moved = self.passthrough_int(bb, call, rep.source)
-            return TableRep(moved, rep.table) if moved is not None else None
+            return TableRep(moved, rep.table, rep.recipe) if moved is not None else None
         return self.passthrough_int(bb, call, rep) if isinstance(rep, IntRep) else None
 
     def passthrough_int(self, bb, call, rep: IntRep):
