@@ -58,7 +58,7 @@ def _axes(call) -> list[int] | None:
     return None if axes is None else [int(a) for a in axes]
 
 
-def _is_table_lookup(call) -> bool:
+def is_table_lookup(call) -> bool:
     """take(table, indices, axis=0) of a constant 1-D table: elementwise on `indices`."""
     table = call.args[0]
     return is_const(table) and const_value(table).ndim == 1 and int(call.attrs.axis) == 0
@@ -69,7 +69,7 @@ def _commuted_args(var, value, permuted: dict):
     where the call commutes with that transpose: an elementwise op whose tensor inputs all have its
     output's shape and are transposed alike (other inputs scalars), or a table lookup."""
     if op_name(value) == "take":
-        if not _is_table_lookup(value) or value.args[1] not in permuted:
+        if not is_table_lookup(value) or value.args[1] not in permuted:
             return None
         x, axes = permuted[value.args[1]]
         return [value.args[0], x], axes

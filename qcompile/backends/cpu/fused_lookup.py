@@ -14,16 +14,17 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
-from ...ir import const_value, emit_as_is, is_const, op_name, rewrite_main, tensor_dtype
+from ...ir import emit_as_is, op_name, rewrite_main, tensor_dtype
 from ..base import DECLARED_PATTERN
+from .channels_last import is_table_lookup
 
 LOOKUP_NAME = "qcompile_lookup"
 ELEMENTWISE = 0  # OpPatternKind kElemWise
 
 
 def _is_table_lookup(value) -> bool:
-    return (op_name(value) == "take" and is_const(value.args[0]) and const_value(value.args[0]).ndim == 1
-            and int(value.attrs.axis) == 0 and tensor_dtype(value.args[1]) == "int32"
+    """channels_last's table lookup, on int32 codes clipped to the table (realize's form)."""
+    return (op_name(value) == "take" and is_table_lookup(value) and tensor_dtype(value.args[1]) == "int32"
             and str(value.attrs.mode) == "clip")
 
 
