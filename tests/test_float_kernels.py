@@ -91,14 +91,14 @@ def test_packed_float_kernels_use_fused_multiply_add(target):
 
 
 def test_a_float_build_runs_its_convolutions_on_packed_kernels():
-    """The Fashion-MNIST CNN in float for this CPU: no convolution is left to TVM's kernels (its
-    matmul is the default schedule's), activations stay channels-last between the packed ones."""
+    """The Fashion-MNIST CNN in float for this CPU: no convolution or matmul is left to TVM's
+    kernels, activations stay channels-last between the packed ones."""
     from qcompile.builder import prepare
     from qcompile.ir import main_bindings, op_name
 
     p = prepare(fashion_mnist_cnn_onnx(), "host", {"image": [1, 1, 28, 28]})
     ops = [op_name(v) for _, v in main_bindings(tvm.transform.Sequential(backend_for(p.spec).relax_passes())(p.mod))]
-    assert "nn.conv2d" not in ops and "matmul" in ops and ops.count("call_tir") >= 2
+    assert "nn.conv2d" not in ops and "matmul" not in ops and ops.count("call_tir") >= 3
     assert ops.count("permute_dims") <= 2  # the input into NHWC and the classifier's flatten back
 
 
@@ -106,3 +106,33 @@ def test_a_float_build_verifies_against_onnxruntime(tmp_path):
     result = qcompile.build(fashion_mnist_cnn_onnx(), "host", tmp_path / "m.so", input_shapes={"image": [3, 1, 28, 28]})
     assert result.metadata["verification"]["verified"]
     assert max(o["max_rel_error"] for o in result.metadata["verification"]["outputs"]) < 1e-5
+
+
+def _matmul_onnx(path, lead, k, n):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((k, n)).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["t"]), helper.make_node("Add", ["t", "B"], ["y"])], "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, n])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return w, b
+
+
+@pytest.mark.parametrize("lead, k, n", [
+    ((1,), 64, 37),  # one row, output columns that fill no whole vector
+    ((32,), 96, 130),  # a recognizer's classes: no power-of-two factor of N beyond 2
+    ((2, 5), 17, 16),  # leading dimensions (a sequence of rows), odd K
+    ((8,), 33, 200),  # batch 8
+])
+def test_a_float_matmul_with_constant_weights_runs_packed_and_matches_float64(tmp_path, lead, k, n):
+    w, b = _matmul_onnx(tmp_path / "mm.onnx", lead, k, n)
+    result = qcompile.build(tmp_path / "mm.onnx", "host", tmp_path / "mm.so")
+    x = np.random.default_rng(1).standard_normal((*lead, k)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.astype(np.float64) + b
+    got = qcompile.load(result.artifact)({"x": x})["y"]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

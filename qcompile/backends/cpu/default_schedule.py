@@ -79,11 +79,14 @@ class CPUDefault(TargetRule):
         # their bounds checks would sit in the innermost loop and stop vectorization.
         main_index = infos.index(main)
         if not reductions:  # elementwise only: every block but the last inlined into it
-            for info in infos[:-1]:
-                try:
-                    sch.compute_inline(info.block_rv)
-                except Exception:  # noqa: BLE001
-                    pass
+            for inlined in ("all", "read once", "none"):
+                if inlined != "all":
+                    sch = s_tir.Schedule(func)
+                    infos = normalize_prim_func(sch)
+                    main = infos[-1]
+                _inline(sch, infos[:-1], inlined)
+                if _expression_size(sch, main.block_rv) <= MAX_INLINED_EXPRESSION:
+                    break
             infos = [info for info in infos if _still_there(sch, info.block_rv)]
             main_index = infos.index(main)
         for info in infos[main_index + 1:]:
@@ -161,6 +164,29 @@ def _schedule_row_blocks(sch, infos):
         sch.compute_at(info.block_rv, rows, preserve_unit_loops=True)
     parallel_if_worth_it(sch, rows, loop_work(sch, last.block_rv))
     return sch
+
+
+# An elementwise kernel whose blocks, all inlined, make a larger expression than this (characters
+# of TVMScript) keeps the blocks that several others read, and if still too large, every block:
+# inlining copies a block into each reader, and a fused chain that reads its values again and again
+# (an LSTM cell's gates, each through fake-quantize ops) grew to 680 kB, which LLVM did not compile
+# in 20 minutes (39 s with the shared blocks kept).
+MAX_INLINED_EXPRESSION = 50_000
+
+
+def _inline(sch, infos, which: str) -> None:
+    """Inline `which` of the blocks: all, those read by one block (once), or none."""
+    for info in infos:
+        if which == "none" or which == "read once" and len(sch.get_consumers(info.block_rv)) > 1:
+            continue
+        try:
+            sch.compute_inline(info.block_rv)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _expression_size(sch, block) -> int:
+    return len(str(sch.get(block)))
 
 
 def _still_there(sch, block) -> bool:
