@@ -136,3 +136,20 @@ def test_a_float_matmul_with_constant_weights_runs_packed_and_matches_float64(tm
     ref = x.astype(np.float64) @ w.astype(np.float64) + b
     got = qcompile.load(result.artifact)({"x": x})["y"]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_a_packed_kernel_reads_a_channels_last_input_in_place_and_writes_whole_vectors():
+    """A 1x1 channels-last convolution (a matmul's rows too) reads its input as it is, with no
+    packing copy, and its epilogue stores whole vectors of the tile's output channels."""
+    spec = get_target("host")
+    kernel = float_kernel(FAMILIES[spec.schedule_family].float_lanes)
+    x = te.placeholder(_i64(1, 6, 6, 32), "float32", "x")
+    w = te.placeholder(_i64(*pack_weight(np.zeros((48, 32, 1, 1), np.float32), kernel).shape), "float32", "w")
+    out = packed_conv_te(x, w, None, out_channels=48, kernel=kernel, shift=0, strides=[1, 1], padding=[0] * 4,
+                         dilation=[1, 1], layout="NHWC")
+    func = te.create_prim_func([x, w, out])
+    sch = Int8Packed(FAMILIES[spec.schedule_family].int8, kernel).apply(func, backend_for(spec).tvm_target(), False)
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    assert "pack_input" not in blocks
+    last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
+    assert sch.get(sch.get_loops(last)[-1]).kind == tvm.tirx.ForKind.VECTORIZED
