@@ -337,12 +337,14 @@ _SIGNALS: dict[str, Callable] = {"speech": speech}
 
 
 def stream_frames(name: str, imported, seed: int) -> list[np.ndarray]:
-    """The main input of each call along streaming model `name`'s signal for `seed`, in order."""
+    """The main input of each call along streaming model `name`'s signal for `seed`, in order; a
+    batch of B holds B streams (signals of B seeds, cut to the shortest)."""
     model = ZOO[name]
     main = imported.inputs[0]
-    signal, length = _SIGNALS[model.make](seed), main.shape[-1]
-    return [signal[start:start + length].reshape(main.shape).astype(main.dtype)
-            for start in range(0, len(signal) - length + 1, model.stream.hop)]
+    signals = [_SIGNALS[model.make](seed + 7919 * b) for b in range(main.shape[0])]
+    end, length = min(len(s) for s in signals), main.shape[-1]
+    return [np.stack([s[start:start + length] for s in signals]).reshape(main.shape).astype(main.dtype)
+            for start in range(0, end - length + 1, model.stream.hop)]
 
 
 def run_stream(name: str, imported, frames: list[np.ndarray], call: Callable) -> tuple[list[dict], list[list]]:

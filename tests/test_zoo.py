@@ -108,6 +108,12 @@ def test_a_streaming_model_is_sampled_with_the_state_its_runtime_carried():
     for before, after, out in zip(feeds, feeds[1:], outs):
         assert np.array_equal(after["state"], out[1])
         assert np.array_equal(after["state"], before["state"] + before["input"][0, 0])
+    # a batch of 3 is 3 streams, each starting as the batch of 1 of its own seed
+    batched = SimpleNamespace(inputs=[TensorInfo("input", (3, 576), "float32"), TensorInfo("state", (2, 3, 128), "float32")],
+                              outputs=imported.outputs)
+    frames3 = zoo.stream_frames("silero-vad", batched, seed=0)
+    assert frames3[0].shape == (3, 576) and np.array_equal(frames3[0][0], frames[0][0])
+    assert not np.array_equal(frames3[5][1], frames3[5][0])
 
 
 def test_zoo_speech_has_speech_and_silence():
