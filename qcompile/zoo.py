@@ -22,6 +22,7 @@ import numpy as np
 
 from .atomic import atomic_file
 from .errors import QCompileError
+from .verification import reference_outputs
 
 
 def cache_dir() -> Path:
@@ -365,8 +366,6 @@ def run_stream(name: str, imported, frames: list[np.ndarray], call: Callable) ->
 
 
 def _stream_samples(name: str, imported, n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    from .verification import reference_outputs
-
     feeds, _ = run_stream(name, imported, stream_frames(name, imported, seed),
                           lambda feed: reference_outputs(imported, feed)[1])
     return [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, n).round()]
