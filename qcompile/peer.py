@@ -35,14 +35,16 @@ def ort_quantize(model, out, calib, input_name: str | None = None, method: str =
 
     out = Path(out)
     pre = out.with_suffix(".pre.onnx")
-    source = out.with_suffix(".opset13.onnx")
+    source = Path(model)
     proto = onnx.load(str(model))
     # Per-channel QDQ needs DequantizeLinear's axis, which opset 13 added: below it onnxruntime
     # writes a model it then refuses to load (a text recognizer exported at opset 12).
     if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13) < 13:
+        source = out.with_suffix(".opset13.onnx")
         onnx.save(version_converter.convert_version(proto, 13), str(source))
-    quant_pre_process(str(source if source.exists() else model), str(pre), skip_symbolic_shape=True)
-    source.unlink(missing_ok=True)
+    quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+    if source != Path(model):
+        source.unlink()
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),

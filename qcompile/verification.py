@@ -75,7 +75,8 @@ def reference_outputs(imported, inputs: dict[str, np.ndarray]) -> tuple[str, lis
     """(runtime name, its outputs in the model's order), or (why there is none, None)."""
     source = Path(imported.source)
     if imported.format == "onnx":
-        return "onnxruntime", _ort_session(str(source), source.stat().st_mtime_ns, source.stat().st_size).run(None, {**inputs, **imported.frozen})
+        stat = source.stat()
+        return "onnxruntime", _ort_session(str(source), stat.st_mtime_ns, stat.st_size).run(None, {**inputs, **imported.frozen})
     if imported.format == "tflite":
         try:
             from ai_edge_litert.interpreter import Interpreter

@@ -79,7 +79,7 @@ class CPUDefault(TargetRule):
         # their bounds checks would sit in the innermost loop and stop vectorization.
         main_index = infos.index(main)
         if not reductions:  # elementwise only: every block but the last inlined into it
-            for inlined in ("all", "read once", "none"):
+            for inlined in ("all", "one reader", "none"):
                 if inlined != "all":
                     sch = s_tir.Schedule(func)
                     infos = normalize_prim_func(sch)
@@ -175,9 +175,9 @@ MAX_INLINED_EXPRESSION = 50_000
 
 
 def _inline(sch, infos, which: str) -> None:
-    """Inline `which` of the blocks: all, those read by one block (once), or none."""
+    """Inline `which` of the blocks: all, those read by no more than one block, or none."""
     for info in infos:
-        if which == "none" or which == "read once" and len(sch.get_consumers(info.block_rv)) > 1:
+        if which == "none" or which == "one reader" and len(sch.get_consumers(info.block_rv)) > 1:
             continue
         try:
             sch.compute_inline(info.block_rv)

@@ -68,8 +68,8 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     sch.vectorize(sch.get_loops(acc)[-1])
     init = sch.decompose_reduction(dot, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
-    # Without an intrinsic the lane loop stays a plain innermost loop over contiguous data, which
-    # LLVM vectorizes itself (TVM refuses vectorize on a spatial loop inside a reduction block).
+    # Without an intrinsic and with several input channels per step (NEON's smlal kernel), the lane
+    # loop stays a plain loop over contiguous data inside the unrolled channel pair, left to LLVM.
     if not depthwise and kernel.intrin is not None:
         sch.tensorize(pixel_loops[0] if pixel_loops else lane, register(kernel.intrin))
     elif not depthwise and not vector_lanes:
