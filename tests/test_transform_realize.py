@@ -233,3 +233,42 @@ def test_concat_of_different_scales_requantizes_each_input_to_its_output_scale()
     assert "right_shift" not in _ops(realized)[_ops(realized).index("concat"):]  # no int32 requantize after it
     for x in xs:
         assert np.abs(_run(simulated, x) - _run(realized, x)).max() <= _one_step_into(W_CAT, step)
+
+
+def test_a_residual_add_of_8_bit_inputs_rescales_them_in_int32():
+    """Two int8 branches brought to the add's common scale: an 8-bit value times a 22-bit
+    multiplier fits int32, so no int64 arithmetic (AVX2 and NEON do not vectorize it), within one
+    step of the simulation."""
+    from qcompile.ir import main_bindings
+
+    def model(bb, x):
+        a = bb.emit(R.add(bb.emit(conv(x, W1)), relax.const(B1)))
+        b = bb.emit(R.multiply(bb.emit(R.nn.relu(bb.emit(conv(x, W1)))), relax.const(3.0)))
+        return bb.emit(conv(bb.emit(R.add(a, b)), W2))
+
+    simulated, realized, step, xs = _calibrated(function(model))
+    from qcompile.ir import op_name, tensor_dtype
+
+    widened = {tensor_dtype(v.args[0]): str(v.attrs.dtype) for _, v in main_bindings(realized) if op_name(v) == "astype"}
+    assert widened["int8"] == "int32"  # int8 codes widened to int32 for the add, not int64
+    assert "int64" not in [str(v.attrs.dtype) for _, v in main_bindings(realized)
+                           if op_name(v) == "astype" and tensor_dtype(v.args[0]) in ("int8", "uint8")]
+    for x in xs:
+        assert np.abs(_run(simulated, x) - _run(realized, x)).max() <= _one_step_into(W2, step)
+
+
+@pytest.mark.parametrize("dtype, zp", [("int8", 0), ("int8", -7), ("uint8", 128), ("uint8", 3)])
+def test_int32_fixed_point_rescales_every_8_bit_code_within_int32_and_to_the_nearest_integer(dtype, zp):
+    from qcompile.quantize.realize import int32_fixed_point
+
+    info = np.iinfo(dtype)
+    codes = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64) - zp
+    span = int(np.abs(codes).max())
+    assert int32_fixed_point(np.float64(2.0**-12), span) is None  # its shift would pass 30: int64 instead
+    for ratio in np.exp2(RNG.uniform(-9, 17, 200)):  # from a branch far below the other's range to a common scale
+        m, n = int32_fixed_point(np.float64(ratio), span)
+        products = codes * int(m) + (1 << (int(n) - 1))
+        assert np.abs(products).max() < 2**31
+        got = products >> int(n)
+        # a 21-bit (uint8) or 22-bit (int8) multiplier: relative error under 2**-20, plus the rounding
+        assert np.abs(got - codes * ratio).max() <= 0.5 + float(np.abs(codes * ratio).max()) * 2.0**-20

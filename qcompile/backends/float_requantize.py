@@ -17,9 +17,10 @@ A quantize of float values with one scale (a float island's exit, the model's in
 the scale's inverse rather than dividing by it (PReLU islands in MTCNN: a division per element).
 
 Only rescales to 8 bits are rewritten: their results are clipped to 256 values, so float32's 24 bits
-hold them exactly. Rescales to int32 (the common scale of a residual add) keep the exact int64 form:
+hold them exactly. Rescales to int32 (the common scale of a residual add) keep their integer form:
 in float32 as well (clipped to the int32 range), BlazeFace's int8 kernels took 1.2-1.4x longer,
-measured in alternating rounds on AVX2."""
+measured in alternating rounds on AVX2. Realize already gives an 8-bit input's rescale an int32
+form (quantize/realize.py, int32_fixed_point); only int32 inputs still multiply in int64."""
 
 from __future__ import annotations
 
