@@ -153,3 +153,45 @@ def test_a_packed_kernel_reads_a_channels_last_input_in_place_and_writes_whole_v
     assert "pack_input" not in blocks
     last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
     assert sch.get(sch.get_loops(last)[-1]).kind == tvm.tirx.ForKind.VECTORIZED
+
+
+def _innermost_loop_kinds_of_writes(stmt, buffer: str, loop=None) -> list:
+    """The kind of the loop right around each innermost block that writes `buffer`."""
+    from tvm.s_tir import SBlockRealize
+
+    if isinstance(stmt, tvm.tirx.For):
+        return _innermost_loop_kinds_of_writes(stmt.body, buffer, stmt)
+    if isinstance(stmt, tvm.tirx.SeqStmt):
+        return [k for s in stmt.seq for k in _innermost_loop_kinds_of_writes(s, buffer, loop)]
+    if isinstance(stmt, SBlockRealize):
+        block = stmt.block
+        inner = _innermost_loop_kinds_of_writes(block.body, buffer, loop)
+        if inner or not any(r.source.name == buffer for r in block.writes):
+            return inner
+        return [loop.kind]
+    body = getattr(stmt, "body", None)
+    return _innermost_loop_kinds_of_writes(body, buffer, loop) if body is not None else []
+
+
+def test_output_channels_that_fill_no_whole_vector_store_whole_vectors_then_one_short_one():
+    """28 output channels in vectors of 8 (or 16): the epilogue runs per row tile in whole vectors
+    and one short one. Per channel block, the last block's bound made TVM scalarize every block's
+    epilogue (a BlazeFace 1x1 convolution's requantize cost several times its dot products)."""
+    spec = get_target("host")
+    kernel = float_kernel(FAMILIES[spec.schedule_family].float_lanes)
+    oc = 3 * kernel.lanes + 4
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((1, 16, 16, 24)).astype(np.float32), rng.standard_normal((oc, 24, 1, 1))
+    x = te.placeholder(_i64(*xv.shape), "float32", "x")
+    wp = pack_weight(wv.astype(np.float32), kernel)
+    w = te.placeholder(_i64(*wp.shape), "float32", "w")
+    out = packed_conv_te(x, w, None, out_channels=oc, kernel=kernel, shift=0, strides=[1, 1], padding=[0] * 4,
+                         dilation=[1, 1], layout="NHWC")
+    target = backend_for(spec).tvm_target()
+    sch = Int8Packed(FAMILIES[spec.schedule_family].int8, kernel).apply(te.create_prim_func([x, w, out]), target, False)
+    kinds = _innermost_loop_kinds_of_writes(sch.mod["main"].body, out.op.name)
+    assert kinds == [tvm.tirx.ForKind.VECTORIZED] * 2  # whole vectors, then the short one
+    got = tvm.runtime.tensor(np.zeros((1, 16, 16, oc), np.float32))
+    tvm.compile(sch.mod, target=target)(tvm.runtime.tensor(xv), tvm.runtime.tensor(wp), got)
+    np.testing.assert_allclose(got.numpy(), np.einsum("nhwc,oc->nhwo", xv.astype(np.float64), wv[:, :, 0, 0]),
+                               rtol=1e-4, atol=1e-4)

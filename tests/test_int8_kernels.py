@@ -12,7 +12,9 @@ from tvm import te
 from qcompile.backends import backend_for
 from qcompile.backends.families import FAMILIES
 from qcompile.backends.packed.pack import (
+    depthwise_exact_in_float,
     fits_int4,
+    float_kernel,
     pack_depthwise_weight,
     pack_int4,
     pack_weight,
@@ -44,11 +46,11 @@ def _i64(*dims):
 
 
 def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False, layout="NCHW",
-                 bits=8, extreme=False):
+                 bits=8, extreme=False, oc=None, depthwise_float=False):
     """A packed kernel, its inputs and the float64 reference (in `layout`, NCHW or NHWC); weights of
     `bits` bits (4 with `int4`). `extreme`: every input and weight at the end of its range, the
     products' signs alike (the largest sums a kernel can meet)."""
-    c, oc, hw = (24, 24, hw or 14) if depthwise else (20, 40, hw or 10)  # channels that fill no whole tile
+    c, oc, hw = (24, 24, hw or 14) if depthwise else (20, oc or 40, hw or 10)  # channels that fill no whole tile
     to_layout = (lambda a: a) if layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)))
     x = te.placeholder(_i64(*to_layout(np.zeros((1, c, hw, hw))).shape), input_dtype, "x")
     conv = {"strides": [stride, stride], "padding": [1, 1, 1, 1], "dilation": [1, 1], "layout": layout}
@@ -64,8 +66,8 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
     if not depthwise:
         kernel = kernel.for_weights(lambda k: pair_sums_fit(wv, k))
     if depthwise:
-        wp = pack_depthwise_weight(wv, kernel.lanes)
-        w = te.placeholder(_i64(*wp.shape), "int8", "w")
+        wp = pack_depthwise_weight(wv.astype(np.float32) if depthwise_float else wv, kernel.lanes)
+        w = te.placeholder(_i64(*wp.shape), str(wp.dtype), "w")
         out = packed_depthwise_te(x, w, **conv)
         args, tensors = [x, w, out], [xv, wp]
     else:
@@ -79,7 +81,8 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
                                      stride=stride, padding=1, groups=c if depthwise else 1).numpy()
     tensors[0], ref = to_layout(tensors[0]), to_layout(ref)
     target = backend_for(get_target(TARGETS[family])).tvm_target()
-    sch = Int8Packed(kernel).apply(te.create_prim_func(args), target, False)
+    float_kernel_ = float_kernel(FAMILIES[family].float_lanes) if FAMILIES[family].float_lanes else None
+    sch = Int8Packed(kernel, float_kernel_).apply(te.create_prim_func(args), target, False)
     assert sch is not None
     return tvm.compile(sch.mod, target=target), tensors, ref, kernel
 
@@ -100,6 +103,19 @@ def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, bits,
     assert kernel.instruction in asm
     if not _runs_here(family):
         return  # compiled and checked above
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("family", list(TARGETS))
+def test_output_channels_that_fill_no_whole_vector_are_exact(family):
+    """Three whole vectors of output channels and four more, on an image with enough row tiles that
+    the epilogue runs per row tile (packed/schedule.py's ragged epilogue)."""
+    lanes = FAMILIES[family].int8.lanes
+    lib, tensors, ref, _ = _conv_kernel(family, layout="NHWC", hw=16, oc=3 * lanes + 4)
+    if not _runs_here(family):
+        return
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)
@@ -139,13 +155,24 @@ def test_int4_weights_unpack_inside_the_packed_kernel_exactly(family):
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
+@pytest.mark.parametrize("depthwise_float", [False, True], ids=["int16", "float32"])
+@pytest.mark.parametrize("input_dtype, extreme", [("int8", False), ("uint8", True)])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_packed_depthwise_is_exact(stride, layout):
-    lib, tensors, ref, _ = _conv_kernel("x86-avx2", depthwise=True, stride=stride, layout=layout)
+def test_packed_depthwise_is_exact(stride, layout, input_dtype, extreme, depthwise_float):
+    """In int16 x int16 -> int32, and in float32 FMAs on the codes (x86's depthwise_float), where
+    the largest sums (every code at the end of its range) stay below float32's 2**24."""
+    lib, tensors, ref, _ = _conv_kernel("x86-avx2", input_dtype, depthwise=True, stride=stride, layout=layout,
+                                        extreme=extreme, depthwise_float=depthwise_float)
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
     lib(*[tvm.runtime.tensor(t) for t in tensors], out)
     np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_depthwise_sums_in_float32_only_below_its_exact_integers():
+    assert depthwise_exact_in_float(np.full((8, 1, 3, 3), -127, np.int8))
+    assert depthwise_exact_in_float(np.full((8, 1, 22, 22), 127, np.int8))  # 22 * 22 * 255 * 127 < 2**24
+    assert not depthwise_exact_in_float(np.full((8, 1, 23, 23), 127, np.int8))
 
 
 @pytest.mark.parametrize("depthwise", [False, True], ids=["conv", "depthwise"])

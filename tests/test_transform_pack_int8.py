@@ -152,19 +152,22 @@ def test_channels_last_conv_is_packed_from_its_ohwi_weight():
     tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
 
 
-def test_depthwise_conv_becomes_the_depthwise_kernel():
-    kernel = FAMILIES["x86-avx2"].int8
+@pytest.mark.parametrize("family, weight_dtype", [("x86-avx2", "float32"), ("arm-neon", "int8")])
+def test_depthwise_conv_becomes_the_depthwise_kernel(family, weight_dtype):
+    """x86 sums a depthwise layer's codes in float32 FMAs (Int8Kernel.depthwise_float, exact), NEON
+    in int16 x int16 -> int32."""
+    kernel = FAMILIES[family].int8
 
     def before(bb, x):
         return bb.emit(_conv(x, relax.const(WD), groups=5))
 
     def expected(bb, x):
         return bb.emit_te(functools.partial(packed_depthwise_te, layout="NCHW", **PAD1), x,
-                          relax.const(pack_depthwise_weight(WD, kernel.lanes), "int8"),
+                          relax.const(pack_depthwise_weight(WD.astype(weight_dtype), kernel.lanes), weight_dtype),
                           primfunc_name_hint="qcompile_int8_depthwise")
 
     x = tensor_var("x", (1, 5, 8, 8), "int8")
-    tvm.ir.assert_structural_equal(_apply("x86-avx2", module([x], before)), module([x], expected))
+    tvm.ir.assert_structural_equal(_apply(family, module([x], before)), module([x], expected))
 
 
 @pytest.mark.parametrize("lead", [(3,), (3, 1)], ids=["2d", "3d-time-major"])

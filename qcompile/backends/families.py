@@ -26,6 +26,10 @@ class Int8Kernel:
     # unless the positive (and the negative) weights of every pair sum to at most this in magnitude;
     # a layer whose weights do not keep to it takes `fallback` (exact). None: no such limit.
     pair_limit: int | None = None
+    # Depthwise layers in float32 fused multiply-adds on the integer codes: exact (a product of two
+    # 8-bit codes is below 2**15, a sum of under 2**9 of them below float32's 2**24), one FMA per
+    # vector where x86 needs a widen, vpmulld and vpaddd in int32 (BlazeFace's 3x3 layers: 2x).
+    depthwise_float: bool = False
 
     def for_layer(self, width: int, stride: int) -> "Int8Kernel":
         """This kernel, or its fallback where the instruction's pixels are not adjacent in a row."""
@@ -75,14 +79,15 @@ _SDOT = Int8Kernel(4, 4, "int8", "qcompile_sdot_4x4", "sdot")
 
 FAMILIES = {f.name: f for f in [
     # float_lanes: float32 values per vector register (AVX-512 16, AVX2 8, NEON 4)
-    Family("x86-vnni", "cpu", Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd"), channels_last=True,
-           float_lanes=16),
-    Family("x86-avx512", "cpu", Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd"),
+    Family("x86-vnni", "cpu", Int8Kernel(16, 4, "uint8", "qcompile_vnni_16x4", "vpdpbusd", depthwise_float=True),
            channels_last=True, float_lanes=16),
+    Family("x86-avx512", "cpu", Int8Kernel(16, 2, "int16", "qcompile_avx512_pmaddwd_16x2", "vpmaddwd",
+                                           depthwise_float=True), channels_last=True, float_lanes=16),
     # vpmaddubsw (u8 x s8, four products per int32 lane) where a layer's weights cannot saturate it
     # (7-bit or 4-bit weights, QuantConfig.weight_bits); exact vpmaddwd on int16 for the others
     Family("x86-avx2", "cpu", Int8Kernel(8, 4, "uint8", "qcompile_avx2_pmaddubsw_8x4", "vpmaddubsw", pair_limit=128,
-                                         fallback=Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd")),
+                                         fallback=Int8Kernel(8, 2, "int16", "qcompile_avx2_pmaddwd_8x2", "vpmaddwd"),
+                                         depthwise_float=True),
            channels_last=True, float_lanes=8),
     Family("arm-dotprod", "cpu", _SDOT, channels_last=True, float_lanes=4),
     # smmla: 2 pixels x 2 output channels x 8 input channels; sdot where the width is odd

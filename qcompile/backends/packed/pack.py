@@ -153,10 +153,11 @@ def _wider(padding, right: int):
     return pt, pl, pb, pr + right
 
 
-def _unpack(acc, n, channels, oh, ow, lanes, layout, corr=None):
-    """The accumulators [n, oh, oc/lanes, ow, lanes] -> the output in the layer's layout."""
+def _unpack(acc, n, channels, oh, ow, lanes, layout, corr=None, dtype=None):
+    """The accumulators [n, oh, oc/lanes, ow, lanes] -> the output in the layer's layout (as `dtype`)."""
     def value(i, o, y, z):
         v = acc[i, y, o // lanes, z, o % lanes]
+        v = v if dtype is None or dtype == str(acc.dtype) else v.astype(dtype)
         return v if corr is None else v - corr[o]
 
     if layout == "NCHW":
@@ -197,9 +198,16 @@ def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(cb, lanes, kh, kw).transpose(0, 2, 3, 1))
 
 
+def depthwise_exact_in_float(w: np.ndarray) -> bool:
+    """Whether a depthwise layer of 8-bit codes (any input, these weights) sums exactly in float32."""
+    _, _, kh, kw = w.shape
+    return kh * kw * 255 * int(np.abs(w.astype(np.int64)).max(initial=0)) < 2**24
+
+
 def packed_depthwise_te(x, wp, *, strides, padding, dilation, layout: str = "NCHW"):
     """Depthwise: each channel its own 2-D filter, `lanes` channels per vector; int16 activations
-    (exact for int8 and uint8 alike, no shift), or float32 throughout."""
+    (exact for int8 and uint8 alike, no shift), or float32 throughout: float weights on 8-bit codes
+    sum them in float32 (depthwise_exact_in_float) and give int32."""
     n, c, h, w = _nchw(x.shape, layout)
     cb, kh, kw, L = (int(d) for d in wp.shape)
     (sh, sw), (dh, dw) = strides, dilation
@@ -217,7 +225,7 @@ def packed_depthwise_te(x, wp, *, strides, padding, dilation, layout: str = "NCH
             * wp[o, rkh, rkw, l].astype(acc_dtype),
             axis=[rkh, rkw]),
         name="int8_dot", attrs={"schedule_rule": RULE})
-    return _unpack(acc, n, c, oh, ow, L, layout)
+    return _unpack(acc, n, c, oh, ow, L, layout, dtype=str(x.dtype) if _is_float(str(x.dtype)) else "int32")
 
 
 ONE_BY_ONE = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1]}
@@ -299,9 +307,12 @@ def _rule(kernel: Int8Kernel):
             if int(value.attrs.groups) == 1:
                 return _emit_packed(bb, value.args[0], _weight_oihw(value, conv), conv, kernel, var.name)
             if _is_depthwise(value, conv):
-                wp = pack_depthwise_weight(_weight_oihw(value, conv), kernel.lanes)
-                return bb.emit_te(functools.partial(packed_depthwise_te, **conv), value.args[0], relax.const(wp, "int8"),
-                                  primfunc_name_hint=DEPTHWISE_NAME, name_hint=var.name)
+                w = _weight_oihw(value, conv)
+                if kernel.depthwise_float and depthwise_exact_in_float(w):
+                    w = w.astype("float32")
+                wp = pack_depthwise_weight(w, kernel.lanes)
+                return bb.emit_te(functools.partial(packed_depthwise_te, **conv), value.args[0],
+                                  relax.const(wp, str(wp.dtype)), primfunc_name_hint=DEPTHWISE_NAME, name_hint=var.name)
         if name == "matmul" and is_eligible(value) and str(value.attrs.out_dtype) == "int32":
             x, w = value.args[0], const_value(value.args[1])
             if len(x.ty.shape.values) >= 2 and w.ndim == 2:

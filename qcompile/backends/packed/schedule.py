@@ -28,7 +28,8 @@ def find_dot_block(sch):
 
 def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     """Tile, register-block and tensorize the dot block. `tile=None` samples the row tile: a
-    decision MetaSchedule tunes (and mutates)."""
+    decision MetaSchedule tunes (and mutates). Returns the loops of row tiles and of channel blocks
+    (one loop, the parallel one, on small images)."""
     sch.unannotate(dot, "schedule_rule")  # tensorize compares annotations with the intrinsic's
     work = loop_work(sch, dot)
     n, oh, oco, ow, lane, *reduce = sch.get_loops(dot)
@@ -76,7 +77,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
         sch.reorder(inner_reduce[0], lane)
         sch.unroll(inner_reduce[0])
     sch.unroll(ow_inner)
-    return oco
+    return outer, oco
 
 
 def _parallel_outer(sch, block) -> None:
@@ -99,7 +100,11 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     for block in blocks[:dot_index]:
         _parallel_outer(sch, block)
     last = blocks[-1]
-    oco = schedule_dot(sch, dot, kernel, tile)
+    channels = loop_extent(sch, sch.get_loops(last)[-1]) if last != dot else None
+    outer, oco = schedule_dot(sch, dot, kernel, tile)
+    if channels and channels > kernel.lanes and channels % kernel.lanes and outer is not oco and \
+            _ragged_epilogue(sch, last, outer, kernel.lanes):
+        return sch
     # An epilogue whose region the tile cannot bound, or that covers more than it, runs after it.
     if last != dot and not reverse_compute_at_covering(sch, last, oco, preserve_unit_loops=True):
         _parallel_outer(sch, last)
@@ -109,6 +114,25 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
         # much as the dot. palm-detection fp32 6.9 -> 4.8 ms; int8 models unchanged within noise.
         sch.vectorize(sch.get_loops(last)[-1])
     return sch
+
+
+def _ragged_epilogue(sch, last, outer, lanes: int) -> bool:
+    """An epilogue over channels that are not a whole number of vectors (BlazeFace's 28), computed
+    per row tile after all its channel blocks, in whole vectors and then one short one. Computed per
+    channel block, the last block's predicate (channel < 28) made TVM's vectorizer scalarize every
+    block's epilogue, and a 1x1 convolution's requantize cost several times its dot products."""
+    if not reverse_compute_at_covering(sch, last, outer, preserve_unit_loops=True):
+        return False
+    channel = sch.get_loops(last)[-1]
+    extent = loop_extent(sch, channel) or 0
+    if extent < lanes:
+        sch.vectorize(channel)
+        return True
+    if extent % lanes:
+        channel, tail = sch.loop_partition(channel, [extent - extent % lanes, None])
+        sch.vectorize(tail)
+    sch.vectorize(sch.split(channel, [None, lanes])[1])
+    return True
 
 
 def kernel_of(sch, dot, int8: Int8Kernel | None, floating: Int8Kernel | None) -> Int8Kernel | None:
