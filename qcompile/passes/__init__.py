@@ -10,9 +10,11 @@ def float_passes():
     from tvm import relax
 
     from .canonicalize_clip import canonicalize_clip
+    from .channel_prelu import channel_prelu
     from .fold_constants import FoldConstantsWithNumpy
 
     return [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
             FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
             tvm.transform.module_pass(lambda mod, _ctx: canonicalize_clip(mod), opt_level=0, name="CanonicalizeClip"),
+            tvm.transform.module_pass(lambda mod, _ctx: channel_prelu(mod), opt_level=0, name="ChannelPReLU"),
             relax.transform.DeadCodeElimination()]
