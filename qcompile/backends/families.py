@@ -28,7 +28,8 @@ class Int8Kernel:
     pair_limit: int | None = None
     # Depthwise layers in float32 fused multiply-adds on the integer codes: exact (a product of two
     # 8-bit codes is below 2**15, a sum of under 2**9 of them below float32's 2**24), one FMA per
-    # vector where x86 needs a widen, vpmulld and vpaddd in int32 (BlazeFace's 3x3 layers: 2x).
+    # vector where x86 needs a widen, vpmulld and vpaddd in int32 (a 64x64x24 3x3 layer alone: 1.5x
+    # on AVX2). The float kernel schedules them: the family's float_lanes must equal `lanes`.
     depthwise_float: bool = False
 
     def for_layer(self, width: int, stride: int) -> "Int8Kernel":
@@ -68,6 +69,10 @@ class Family:
     int8: Int8Kernel | None = None  # the packed int8 kernel; None: TVM's legalized int8 kernels
     channels_last: bool = False  # int8 convolutions go NHWC before packing (a pixel's channels contiguous)
     float_lanes: int | None = None  # float32 layers into packed kernels with this many lanes; None: not packed
+
+    def __post_init__(self):
+        if self.int8 is not None and self.int8.depthwise_float and self.float_lanes != self.int8.lanes:
+            raise ValueError(f"family {self.name}: depthwise_float needs float_lanes == int8 lanes")
 
     @property
     def int4_storage(self) -> bool:

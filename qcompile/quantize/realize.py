@@ -112,7 +112,7 @@ def fixed_point(multiplier: np.ndarray, bits: int = 31) -> tuple[np.ndarray, np.
 def int32_fixed_point(multiplier: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(M, n) as fixed_point, with M short enough that x * M + 2**(n-1) stays in int32 for every
     |x| <= span; None where no such M keeps 16 bits of the multiplier. An 8-bit source (span <= 255)
-    keeps 22 bits: its rescale is exact to a few units in 2**22 of the result, far below the one
+    keeps 22 bits (M in [2**21, 2**22)): its rescale is exact to a few units in 2**22 of the result, far below the one
     step an 8-bit result can move, and needs no int64 arithmetic, which AVX2 and NEON do not
     vectorize (a BlazeFace residual add's int64 rescale cost more than its convolution on AVX2)."""
     bits = int(np.floor(np.log2((2**31 - 1) / max(span, 1)))) - 1
@@ -126,8 +126,8 @@ def int32_fixed_point(multiplier: np.ndarray, span: int) -> tuple[np.ndarray, np
 
 def match_mul_shift(value, defs: dict):
     """(x, M, s, zp) when `value` is the fixed-point multiply rescale emits,
-    right_shift(add(multiply(a, M), 2^(s-1)), s) with a = astype(x, int64) or
-    subtract(astype(x, int64), zp); None otherwise. `defs` maps each variable to its bound value."""
+    right_shift(add(multiply(a, M), 2^(s-1)), s) with a = astype(x, int64 or int32) or
+    subtract(astype(x, ...), zp); None otherwise. `defs` maps each variable to its bound value."""
     if op_name(value) != "right_shift" or not is_const(value.args[1]):
         return None
     add = defs.get(value.args[0])

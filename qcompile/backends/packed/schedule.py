@@ -100,10 +100,13 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     for block in blocks[:dot_index]:
         _parallel_outer(sch, block)
     last = blocks[-1]
+    # the epilogue's innermost loop runs over the output channels (channels-last), blocks of `lanes`
     channels = loop_extent(sch, sch.get_loops(last)[-1]) if last != dot else None
+    blocks_of_lanes = loop_extent(sch, sch.get_loops(dot)[2])
+    ragged = bool(channels) and channels > kernel.lanes and channels % kernel.lanes != 0 and \
+        -(-channels // kernel.lanes) == blocks_of_lanes
     outer, oco = schedule_dot(sch, dot, kernel, tile)
-    if channels and channels > kernel.lanes and channels % kernel.lanes and outer is not oco and \
-            _ragged_epilogue(sch, last, outer, kernel.lanes):
+    if ragged and outer is not oco and _ragged_epilogue(sch, last, outer, kernel.lanes):
         return sch
     # An epilogue whose region the tile cannot bound, or that covers more than it, runs after it.
     if last != dot and not reverse_compute_at_covering(sch, last, oco, preserve_unit_loops=True):
@@ -125,9 +128,6 @@ def _ragged_epilogue(sch, last, outer, lanes: int) -> bool:
         return False
     channel = sch.get_loops(last)[-1]
     extent = loop_extent(sch, channel) or 0
-    if extent < lanes:
-        sch.vectorize(channel)
-        return True
     if extent % lanes:
         channel, tail = sch.loop_partition(channel, [extent - extent % lanes, None])
         sch.vectorize(tail)

@@ -168,6 +168,8 @@ class _Rewrite:
 
     def _requantize(self, value):
         """(x, M, s) when value is right_shift(add(multiply(astype(x, int64), M), R), s), R = 2^(s-1)."""
+        if op_name(value) != "right_shift" or tensor_dtype(value.args[1]) != "int64":
+            return None  # realize's int32 rescale of an 8-bit value: plain 32-bit arithmetic already
         matched = match_mul_shift(value, self.defs)
         if matched is None or matched[3]:  # a zero point inside the chain: refused by check_symmetric
             return None
