@@ -92,9 +92,11 @@ struct Pool {
   // The job: written by the caller before it publishes the generation, read after a claim.
   FTVMParallelLambda fn = nullptr;
   void* cdata = nullptr;
-  std::atomic<int> num_task{0};
-  // (generation << 32) | next chunk: a claim is one compare-exchange, so a late worker can never
-  // take a chunk of a later job under an earlier job's generation.
+  // (generation << 32) | (chunks << 16) | next chunk: a claim is one compare-exchange, so a late
+  // worker can never take a chunk of a later job under an earlier job's generation, and it reads the
+  // job's chunk count from the same word (read from num_task, a worker still in the last job could
+  // see the next job's larger count and claim a chunk past the last job's end, under its generation:
+  // `done` then overshot the next job's count and the caller waited for ever).
   alignas(64) std::atomic<uint64_t> state{0};
   alignas(64) std::atomic<uint32_t> generation{0};  // futex word the idle workers sleep on
   std::atomic<int> sleepers{0};
@@ -111,8 +113,8 @@ struct Pool {
     int64_t ran = 0;  // counted once at the end: a shared counter per chunk is another line's round trip
     for (;;) {
       uint64_t s = state.load(std::memory_order_acquire);
-      uint32_t index = static_cast<uint32_t>(s);
-      int n = num_task.load(std::memory_order_relaxed);
+      uint32_t index = static_cast<uint32_t>(s & 0xFFFF);
+      int n = static_cast<int>((s >> 16) & 0xFFFF);
       if ((s >> 32) != gen || index >= static_cast<uint32_t>(n)) break;
       if (!state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
       TVMParallelGroupEnv env{nullptr, n};
@@ -147,7 +149,7 @@ struct Pool {
   }
 
   int Launch(FTVMParallelLambda lambda, void* data) {
-    int n = threads;
+    int n = threads;  // at most 4096 threads x kChunksPerThread: the state word holds 16 bits of it
     if (contended_launches > 0) {
       --contended_launches;
       n *= kChunksPerThread;
@@ -155,12 +157,11 @@ struct Pool {
     }
     fn = lambda;
     cdata = data;
-    num_task.store(n, std::memory_order_relaxed);
     failed.store(0, std::memory_order_relaxed);
     done.store(0, std::memory_order_relaxed);
     uint32_t gen = generation.load(std::memory_order_relaxed) + 1;
     if (gen == 0) gen = 1;  // never the workers' initial `seen`
-    state.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+    state.store(static_cast<uint64_t>(gen) << 32 | static_cast<uint64_t>(n) << 16, std::memory_order_release);
     generation.store(gen, std::memory_order_seq_cst);
     if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake(&generation);
     launches.fetch_add(1, std::memory_order_relaxed);
@@ -196,7 +197,7 @@ void* WorkerMain(void*) {
 }
 
 void StartPool() {
-  int threads = thread_count();
+  int threads = thread_count() < 4096 ? thread_count() : 4096;  // chunks must fit 16 bits (Launch)
   pool.threads = 1;
   for (int i = 1; i < threads; ++i) {
     pthread_t worker;
