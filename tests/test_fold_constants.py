@@ -1,6 +1,7 @@
 """fold_constants: a batch norm decomposed for inference folds into one weight tensor with numpy,
-exactly as TVM's FoldConstant (which compiles every op with LLVM) folds it; non-constant calls,
-integer arithmetic and ops outside the table are left alone."""
+exactly as TVM's FoldConstant (which compiles every op with LLVM) folds it; so does the ONNX
+importer's Gather index check on a tensor of static shape. Non-constant calls, integer division,
+integer sums that would overflow, out-of-bounds fast takes and ops outside the table are left alone."""
 
 import numpy as np
 import tvm
@@ -63,6 +64,57 @@ def test_batch_norm_folds_to_the_expected_weight():
 
 def test_same_module_as_tvms_fold_constant():
     tvm.ir.assert_structural_equal(_clean(fold_constants(_before())), _clean(relax.transform.FoldConstant()(_before())))
+
+
+def _gather_check(index: int):
+    """Gather(x, index, axis=0) as TVM's ONNX importer writes it: a negative index counts from the end."""
+    @I.ir_module
+    class Gather:
+        @R.function
+        def main(x: R.Tensor((5, 3), "float32")):
+            with R.dataflow():
+                y = R.add(x, x)
+                shape = R.shape_of(y)
+                dims = R.shape_to_tensor(shape)
+                negative = R.less(R.const(index, "int64"), R.const(0, "int64"))
+                dim = R.take(dims, R.const(0, "int64"), axis=0, mode="wrap")
+                wrapped = R.add(R.const(index, "int64"), dim)
+                i = R.where(negative, wrapped, R.const(index, "int64"))
+                z = R.take(y, i, axis=0, mode="fast")
+                R.output(z)
+            return z
+
+    return Gather
+
+
+def _calls(mod):
+    from qcompile.ir import main_bindings, op_name
+
+    return [op_name(v) for _, v in main_bindings(mod) if isinstance(v, relax.Call)]
+
+
+def test_the_importers_gather_index_check_folds_as_tvm_folds_it():
+    for index in (2, -1):
+        ours = _clean(fold_constants(_gather_check(index)))
+        tvm.ir.assert_structural_equal(ours, _clean(relax.transform.FoldConstant()(_gather_check(index))))
+        assert _calls(ours) == ["add", "take"]
+        take = list(ours["main"].body.blocks[0].bindings)[-1].value
+        assert int(take.args[1].value.numpy()) == index % 5
+
+
+def test_integer_sums_that_would_overflow_and_fast_takes_out_of_bounds_are_left():
+    @I.ir_module
+    class Ints:
+        @R.function
+        def main(x: R.Tensor((4,), "int32")):
+            with R.dataflow():
+                big = R.add(R.const(np.array([2**31 - 1, 1], "int32")), R.const(np.array([1, 1], "int32")))
+                small = R.add(R.const(np.array([7, -7], "int32")), R.const(np.array([1, 1], "int32")))
+                out_of_bounds = R.take(R.const(np.arange(3, dtype="int32")), R.const(3, "int64"), axis=0, mode="fast")
+                R.output(big, small, out_of_bounds)
+            return (big, small, out_of_bounds)
+
+    assert _calls(fold_constants(Ints)) == ["add", "take"]
 
 
 def test_integer_division_and_unknown_ops_are_left_to_tvm():
