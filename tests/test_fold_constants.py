@@ -133,3 +133,39 @@ def test_integer_division_and_unknown_ops_are_left_to_tvm():
 
     calls = [op_name(v) for _, v in main_bindings(fold_constants(Ints)) if isinstance(v, relax.Call)]
     assert calls == ["divide", "nn.relu", "add"]
+
+
+def test_tvms_fold_constant_runs_only_where_a_call_reads_no_variable(monkeypatch):
+    from qcompile.passes.fold_constants import FoldRemainingConstants
+
+    runs = []
+    stock = relax.transform.FoldConstant
+
+    def counted():
+        runs.append(1)
+        return stock()
+
+    monkeypatch.setattr(relax.transform, "FoldConstant", counted)
+
+    @I.ir_module
+    class Folded:
+        @R.function
+        def main(x: R.Tensor((2,), "float32")):
+            with R.dataflow():
+                y = R.add(x, R.const(np.ones(2, "float32")))
+                R.output(y)
+            return y
+
+    assert FoldRemainingConstants(Folded).same_as(Folded) and not runs
+
+    @I.ir_module
+    class Left:  # a constant op outside numpy's table
+        @R.function
+        def main(x: R.Tensor((2,), "float32")):
+            with R.dataflow():
+                c = R.nn.relu(R.const(np.array([-1.0, 2.0], "float32")))
+                y = R.add(x, c)
+                R.output(y)
+            return y
+
+    assert _calls(_clean(FoldRemainingConstants(Left))) == ["add"] and runs == [1]

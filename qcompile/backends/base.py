@@ -66,12 +66,14 @@ class Backend:
         one tuning records are applied to (the same passes, so the records' workloads match)."""
         from tvm import relax
 
+        from ..passes.fold_constants import FoldRemainingConstants
+
         # The stock legalization without the default schedules CUDA's adds: ours follow in schedule_passes.
         # FastMathTransform first: exp, erf and tanh as TVM's vectorizable polynomial approximations
         # (libm's are scalar calls): the char LM's fp32 latency fell to 0.7x, its logits no further
         # from onnxruntime's (largest difference 2.6e-5 before, 2.6e-5 after).
         fusion = [relax.transform.FastMathTransform(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                  declared_op_patterns(), relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+                  declared_op_patterns(), FoldRemainingConstants, relax.transform.FuseOps(), relax.transform.FuseTIR()]
         return self.dispatch_passes(target) + self.relax_passes() + fusion
 
     def scheduled_passes(self, target, tuned: bool = False) -> list:

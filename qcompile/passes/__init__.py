@@ -11,11 +11,11 @@ def float_passes():
 
     from .canonicalize_clip import canonicalize_clip
     from .channel_prelu import channel_prelu
-    from .fold_constants import FoldConstantsWithNumpy
+    from .fold_constants import FoldConstantsWithNumpy, FoldRemainingConstants
     from .reciprocal import reciprocal_divisions
 
     return [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-            FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
+            FoldConstantsWithNumpy, FoldRemainingConstants, relax.transform.CanonicalizeBindings(),
             tvm.transform.module_pass(lambda mod, _ctx: canonicalize_clip(mod), opt_level=0, name="CanonicalizeClip"),
             tvm.transform.module_pass(lambda mod, _ctx: channel_prelu(mod), opt_level=0, name="ChannelPReLU"),
             tvm.transform.module_pass(lambda mod, _ctx: reciprocal_divisions(mod), opt_level=0, name="ReciprocalDivisions"),

@@ -27,7 +27,7 @@ from ...ir import (
     tensor_dtype,
     tensor_shape,
 )
-from ...passes.fold_constants import FoldConstantsWithNumpy
+from ...passes.fold_constants import FoldConstantsWithNumpy, FoldRemainingConstants
 
 DESIRED = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
 TO_NCHW = [0, 3, 1, 2]
@@ -145,7 +145,7 @@ def channels_last_pass(is_int8_conv):
         mod = rewrite_main(mod, _before_convert_layout)
         mod = sink_transposes(relax.transform.ConvertLayout(DESIRED)(mod))
         # the weights' transposes in numpy first: FoldConstant compiles each with LLVM (1.6-3 s a small CNN)
-        return tvm.transform.Sequential([FoldConstantsWithNumpy, relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
+        return tvm.transform.Sequential([FoldConstantsWithNumpy, FoldRemainingConstants, relax.transform.CanonicalizeBindings(),
                                          relax.transform.DeadCodeElimination(["main"])])(mod)
 
     return _pass

@@ -7,10 +7,10 @@ after."""
 from __future__ import annotations
 
 import tvm
-from tvm import relax
 from tvm.relax import op as R
 
 from ...ir import emit_as_is, op_name, rewrite_main
+from ...passes.fold_constants import FoldConstantsWithNumpy, FoldRemainingConstants
 
 
 def _as_conv2d(bb, var, value):
@@ -36,6 +36,6 @@ def conv1d_as_conv2d_pass():
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.Conv1dAsConv2d")
     def _pass(mod, _ctx):
-        return relax.transform.FoldConstant()(conv1d_as_conv2d(mod))
+        return FoldRemainingConstants(FoldConstantsWithNumpy(conv1d_as_conv2d(mod)))
 
     return _pass
