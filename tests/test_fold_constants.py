@@ -111,10 +111,11 @@ def test_integer_sums_that_would_overflow_and_fast_takes_out_of_bounds_are_left(
                 big = R.add(R.const(np.array([2**31 - 1, 1], "int32")), R.const(np.array([1, 1], "int32")))
                 small = R.add(R.const(np.array([7, -7], "int32")), R.const(np.array([1, 1], "int32")))
                 out_of_bounds = R.take(R.const(np.arange(3, dtype="int32")), R.const(3, "int64"), axis=0, mode="fast")
-                R.output(big, small, out_of_bounds)
-            return (big, small, out_of_bounds)
+                flat = R.take(R.const(np.arange(6, dtype="int32")), R.const(4, "int64"))  # no axis
+                R.output(big, small, out_of_bounds, flat)
+            return (big, small, out_of_bounds, flat)
 
-    assert _calls(fold_constants(Ints)) == ["add", "take"]
+    assert _calls(fold_constants(Ints)) == ["add", "take", "take"]
 
 
 def test_integer_division_and_unknown_ops_are_left_to_tvm():

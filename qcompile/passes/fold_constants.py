@@ -43,9 +43,9 @@ def _scalar(expr, dtype: str) -> np.ndarray | None:
 
 
 def _take(value, x: np.ndarray, index: np.ndarray) -> np.ndarray | None:
-    axis, mode = int(value.attrs.axis), str(value.attrs.mode)
-    if index.dtype.kind not in "iu":
+    if value.attrs.axis is None or index.dtype.kind not in "iu":  # (no axis: the flattened tensor; left to TVM)
         return None
+    axis, mode = int(value.attrs.axis), str(value.attrs.mode)
     if mode == "fast" and (index.min(initial=0) < 0 or index.max(initial=0) >= x.shape[axis]):
         return None  # out of bounds: undefined in the kernel, so left to it
     return np.take(x, index, axis=axis, mode="wrap" if mode == "wrap" else "clip")
