@@ -170,3 +170,25 @@ def test_tvms_fold_constant_runs_only_where_a_call_reads_no_variable(monkeypatch
             return y
 
     assert _calls(_clean(FoldRemainingConstants(Left))) == ["add"] and runs == [1]
+
+
+def test_nan_checks_on_constants_fold_as_tvm_folds_them():
+    values = np.array([1.0, np.nan, -np.inf, 2.0], "float32")
+
+    @I.ir_module
+    class NanCheck:
+        @R.function
+        def main(x: R.Tensor((4,), "float32")):
+            with R.dataflow():
+                nan = R.isnan(R.const(values))
+                inf = R.isinf(R.const(values))
+                clean = R.where(nan, R.const(np.zeros(4, "float32")), R.const(values))
+                y = R.add(x, clean)
+                R.output(y, inf)
+            return (y, inf)
+
+    ours = _clean(fold_constants(NanCheck))
+    assert _calls(ours) == ["add"]
+    add = list(ours["main"].body.blocks[0].bindings)[0].value
+    assert np.array_equal(add.args[1].value.numpy(), np.array([1.0, 0.0, -np.inf, 2.0], "float32"))
+

@@ -7,7 +7,8 @@ Elementwise arithmetic is folded on float tensors (IEEE float32 in numpy and in 
 and on integers where the exact result fits the dtype (integer division and overflow differ).
 The shape of a tensor whose shape is static is a constant too: TVM's ONNX importer writes every
 Gather's index check as shape_of -> shape_to_tensor -> take -> less/add/where, and ddddocr's
-unrolled LSTM has 64 of them (FoldConstant: 19 s of its build)."""
+unrolled LSTM has 64 of them (FoldConstant: 19 s of its build); layout-cdla has 188
+where(isnan(c), ...) on constants (25 s)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ FLOAT_ELEMENTWISE = {
     "exp": np.exp,
 }
 INTEGER_ELEMENTWISE = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}
+PREDICATE = {"isnan": np.isnan, "isinf": np.isinf, "isfinite": np.isfinite}
 COMPARE = {"less": np.less, "greater": np.greater, "less_equal": np.less_equal, "greater_equal": np.greater_equal,
            "equal": np.equal, "not_equal": np.not_equal}
 LAYOUT = {
@@ -78,6 +80,8 @@ def _fold(var, value) -> np.ndarray | None:
             out = FLOAT_ELEMENTWISE[op](*operands)
     elif op in INTEGER_ELEMENTWISE and dtype[:3] in ("int", "uin"):
         out = _integer(op, operands, dtype)
+    elif op in PREDICATE and len(tensors) == 1 and dtype == "bool":
+        out = PREDICATE[op](const_value(tensors[0]))
     elif op in COMPARE and len(tensors) == 2 and dtype == "bool":
         out = COMPARE[op](*(const_value(a) for a in tensors))
     elif op == "where" and len(tensors) == 3:
