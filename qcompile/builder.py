@@ -102,13 +102,15 @@ def build_prepared(prepared: Prepared, output, *, bundle=None, report=None, reco
     runtime is refused. `on_artifact(path, metadata)` runs after the artifact is written (the
     mixed-precision search writes its choice there); if it or anything after it fails, the
     artifact is removed: no partial result is left behind."""
+    from .verification import start_simulation
     from .verification import verify as verify_build
 
     backend = backend_for(prepared.spec)
     meta = build_metadata(prepared, records)
+    simulation = start_simulation(prepared) if verify else None  # compiled on the other core meanwhile
     compiled = compile_module(prepared.mod, prepared.spec, records)
     with stage("verify"):
-        meta["verification"] = (verify_build(prepared, backend, compiled, meta, calib) if verify
+        meta["verification"] = (verify_build(prepared, backend, compiled, meta, calib, simulation) if verify
                                 else {"verified": False, "why": "--no-verify"})
     with stage("export"):
         artifact = backend.export(compiled, Path(output), meta)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QCompileError
+from .timing import stage
 
 FLOAT_TOLERANCE = 1e-3  # max |difference| relative to the reference output's largest magnitude (at least 1)
 # An integer build may lose this much more SQNR against the reference than its own float simulation
@@ -141,14 +142,23 @@ def compare(imported, got: list[np.ndarray], ref: list[np.ndarray], quantized: b
     return {"reference": runtime, "outputs": rows}
 
 
-def simulation_outputs(prepared, batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """The fake-quantized float module the integer build was realized from, compiled once and run
-    here on each batch."""
+def start_simulation(prepared):
+    """The fake-quantized float module a static (integer) build was realized from, its code
+    generated on a thread of its own while the build compiles the artifact (a Background of its
+    Relax VM), or None where there is none."""
+    from .backends import host_engine_beside
+
+    if prepared.quant_report is None or getattr(prepared, "simulated", None) is None:
+        return None
+    return host_engine_beside(prepared.simulated)
+
+
+def simulation_outputs(simulation, batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """The simulation (start_simulation's) run here on each batch, once its compile is done."""
     import tvm
 
-    from .backends import host_engine
-
-    main = host_engine(prepared.simulated)["main"]
+    with stage("calibration/simulation compiles"):  # the wait for what the other thread has not done yet
+        main = simulation.result()["main"]
     outputs = []
     for arrays in batches:
         result = main(*[tvm.runtime.tensor(a) for a in arrays])
@@ -170,9 +180,10 @@ def check_against_simulation(imported, rows: list[dict], got, simulated, ref, ru
                                 "this check)")
 
 
-def verify(prepared, backend, compiled, metadata: dict, calib=None) -> dict:
+def verify(prepared, backend, compiled, metadata: dict, calib=None, simulation=None) -> dict:
     """What was verified, for the artifact's metadata and the report: the compiled model beside the
-    reference runtime on sample inputs, or why it could not run here."""
+    reference runtime on sample inputs, or why it could not run here. `simulation`: the one
+    start_simulation began, if the caller started it early."""
     imported = prepared.imported
     quantized = prepared.quant_report is not None
     batches = sample_batches(imported, calib, QUANTIZED_SAMPLES if quantized else 1)
@@ -191,8 +202,9 @@ def verify(prepared, backend, compiled, metadata: dict, calib=None) -> dict:
     got, refs = _pooled(got), _pooled(refs)
     result = {"verified": True, "quantized": quantized, "samples": int(sum(_samples_in(a) for a in arrays)),
               **compare(imported, got, refs, quantized, runtime)}
-    if quantized and getattr(prepared, "simulated", None) is not None:
-        simulated = _pooled(simulation_outputs(prepared, arrays))
+    simulation = simulation or start_simulation(prepared)
+    if simulation is not None:
+        simulated = _pooled(simulation_outputs(simulation, arrays))
         check_against_simulation(imported, result["outputs"], got, simulated, refs, runtime)
         result["against_simulation"] = True
     return result

@@ -69,9 +69,10 @@ def test_an_int8_build_far_from_its_simulation_is_refused(tmp_path, small_cnn_pa
     it: the check that catches a wrong integer kernel or scale refuses it in one line."""
     from qcompile import verification
 
+    imported = load_model(small_cnn_path, {"x": [8, 1, 8, 8]})
     monkeypatch.setattr(verification, "simulation_outputs",
-                        lambda prepared, batches: [verification.reference_outputs(prepared.imported, {"x": b[0]})[1]
-                                                   for b in batches])
+                        lambda simulation, batches: [verification.reference_outputs(imported, {"x": b[0]})[1]
+                                                     for b in batches])
     calib = [{"x": np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)}]
     with pytest.raises(QCompileError, match=r"^verification: output '.*' of the integer build is .* dB from onnxruntime, "
                                             r"its float simulation inf dB: the integer kernels lose more"):

@@ -3,6 +3,9 @@ The kind is looked up here, once; everything else asks the backend."""
 
 from __future__ import annotations
 
+from ..background import Background
+from ..targets import get_target
+from ..timing import stage
 from .base import Backend, Device
 
 
@@ -19,11 +22,21 @@ def host_engine(mod):
     import tvm
     from tvm import relax
 
-    from ..targets import get_target
-    from ..timing import stage
-
     with stage("calibration/simulation compiles"):
         return relax.VirtualMachine(backend_for(get_target("host")).compile(mod), tvm.cpu())
 
 
-__all__ = ["Backend", "Device", "backend_for", "host_engine"]
+def host_engine_beside(mod) -> Background:
+    """host_engine's VM, its Relax passes run now and its code generated on a thread of its own
+    (TVM's C++ and LLVM, which let Python go on): the caller compiles something else meanwhile and
+    takes the VM from `.result()`."""
+    import tvm
+    from tvm import relax
+
+    backend = backend_for(get_target("host"))
+    with stage("calibration/simulation compiles"):
+        lowered = backend.lower(mod)
+    return Background(lambda: relax.VirtualMachine(backend.link(lowered), tvm.cpu()))
+
+
+__all__ = ["Backend", "Device", "backend_for", "host_engine", "host_engine_beside"]

@@ -106,19 +106,26 @@ class Backend:
     def compile(self, mod, database=None):
         """The compiled module: a Relax executable (a scheduled module for Vulkan); with `database`
         (records.trusted_database), its verified kernels replace the default schedules."""
+        return self.link(self.lower(mod, database))
+
+    def lower(self, mod, database=None):
+        """`mod` through the Relax pipeline (fused, scheduled, lowered to the VM's calls): the part of
+        compile that runs Python passes. `database` as for compile."""
         import tvm
 
         target = self.tvm_target()
         stock = self._stock()
+        with compiling(self.spec), target, database if database is not None else contextlib.nullcontext():
+            return tvm.transform.Sequential(self.scheduled_passes(target, database is not None)
+                                            + stock.dataflow_lower_passes(target) + stock.finalize_passes(target))(mod)
 
-        @tvm.transform.module_pass(opt_level=0, name=f"qcompile.pipeline.{self.family.name}")
-        def pipeline(mod, _ctx):
-            with target:
-                return tvm.transform.Sequential(self.scheduled_passes(target, database is not None)
-                                                + stock.dataflow_lower_passes(target) + stock.finalize_passes(target))(mod)
+    def link(self, lowered):
+        """A lowered module's executable: the TIR pipeline and LLVM, TVM's C++ throughout (it can
+        run on a thread of its own while Python works on the next module)."""
+        import tvm
 
-        with compiling(self.spec), database if database is not None else contextlib.nullcontext():
-            return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+        with compiling(self.spec):
+            return tvm.compile(lowered, target=self.tvm_target(), relax_pipeline=None)
 
     def export(self, compiled, output, metadata: dict):
         """The artifact file at `output`, written atomically."""
