@@ -192,3 +192,40 @@ def test_nan_checks_on_constants_fold_as_tvm_folds_them():
     add = list(ours["main"].body.blocks[0].bindings)[0].value
     assert np.array_equal(add.args[1].value.numpy(), np.array([1.0, 0.0, -np.inf, 2.0], "float32"))
 
+
+
+def test_float16_weights_widened_by_a_cast_fold_as_tvm_folds_them():
+    """mediapipe's TFLite models store weights in float16, each widened to float32 by a cast: folded,
+    the value TVM's FoldConstant gives (NaN and infinities included)."""
+    weights = np.array([[0.1, -2.5e-5, 65504.0], [np.nan, -np.inf, 6.1e-5]], "float16")
+
+    @I.ir_module
+    class Widen:
+        @R.function
+        def main(x: R.Tensor((2, 3), "float32")):
+            with R.dataflow():
+                w = R.astype(R.const(weights), "float32")
+                y = R.multiply(x, w)
+                R.output(y)
+            return y
+
+    ours = _clean(fold_constants(Widen))
+    assert _calls(ours) == ["multiply"]
+    tvm.ir.assert_structural_equal(ours, _clean(relax.transform.FoldConstant()(Widen)))
+
+
+def test_casts_that_round_wrap_or_truncate_are_left_to_tvm():
+    @I.ir_module
+    class Narrow:
+        @R.function
+        def main(x: R.Tensor((2,), "float32")):
+            with R.dataflow():
+                rounds = R.astype(R.const(np.array([0.1, 1.0], "float32")), "float16")
+                wraps = R.astype(R.const(np.array([300, 1], "int32")), "int8")
+                truncates = R.astype(R.const(np.array([2.5, -1.0], "float32")), "int32")
+                exact = R.astype(R.const(np.array([3, -1], "int8")), "float32")
+                y = R.add(x, exact)
+                R.output(y, rounds, wraps, truncates)
+            return (y, rounds, wraps, truncates)
+
+    assert _calls(fold_constants(Narrow)) == ["astype", "astype", "astype", "add"]
