@@ -8,12 +8,14 @@ import threading
 
 
 class Background:
-    """`fn(*args)` running on its own thread; `result()` waits for it and returns its value or
-    raises its error. Not a daemon: a build that fails meanwhile exits once the thread is done, not
-    while LLVM is still running on it (TVM's and LLVM's statics are torn down at exit)."""
+    """`fn(*args)` running on its own thread; `result()` waits for it and returns its value (passed
+    through `then` on the waiting thread, if given) or raises its error. Not a daemon: a build that
+    fails meanwhile exits once the thread is done, not while LLVM is still running on it (TVM's and
+    LLVM's statics are torn down at exit)."""
 
-    def __init__(self, fn, *args):
+    def __init__(self, fn, *args, then=None):
         self._value = self._error = None
+        self._then = then
         self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=False)
         self._thread.start()
 
@@ -27,4 +29,6 @@ class Background:
         self._thread.join()
         if self._error is not None:
             raise self._error
+        if self._then is not None:
+            self._value, self._then = self._then(self._value), None
         return self._value

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import backend_for, host_engine
+from .background import Background
 from .errors import QCompileError
 from .frontends import load_model
 from .passes import float_passes
@@ -81,6 +82,18 @@ def compile_module(mod, spec, records=None):
         return backend_for(spec).compile(mod, database)
 
 
+def start_compile(mod, spec, records=None) -> Background:
+    """compile_module's result, its Relax passes run here and its code (object code included where
+    export needs it) generated on a thread of its own: the build lowers its simulation meanwhile."""
+    from .records import trusted_database
+
+    database = trusted_database(records, spec, mod) if records is not None else None
+    backend = backend_for(spec)
+    with stage("compile"):
+        lowered = backend.lower(mod, database)
+    return Background(backend.generate, lowered)
+
+
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,
           bundle=None, quantize=None, calib=None, report=None, records=None, verify: bool = True,
           input_values: dict | None = None) -> BuildResult:
@@ -107,8 +120,10 @@ def build_prepared(prepared: Prepared, output, *, bundle=None, report=None, reco
 
     backend = backend_for(prepared.spec)
     meta = build_metadata(prepared, records)
-    simulation = start_simulation(prepared) if verify else None  # compiled on the other core meanwhile
-    compiled = compile_module(prepared.mod, prepared.spec, records)
+    code = start_compile(prepared.mod, prepared.spec, records)
+    simulation = start_simulation(prepared) if verify else None  # lowered while the artifact's code is generated
+    with stage("compile"):
+        compiled = code.result()
     with stage("verify"):
         meta["verification"] = (verify_build(prepared, backend, compiled, meta, calib, simulation) if verify
                                 else {"verified": False, "why": "--no-verify"})

@@ -49,3 +49,11 @@ def test_few_runs_stay_on_the_quick_code(monkeypatch):
     quick = vm._vm
     _runs(vm, 3)
     assert vm._lowered is not None and vm._vm is quick
+
+
+def test_engines_loaded_one_after_another_write_nothing_to_stderr(capfd):
+    """TVM warns on stderr for each library after the first a process loads; a build loads three
+    (calibration, simulation, the verified artifact) and its error, if any, must be its only line."""
+    for _ in range(3):
+        _runs(host_engine(_conv()), 1)
+    assert capfd.readouterr().err == ""

@@ -127,6 +127,11 @@ class Backend:
         with compiling(self.spec):
             return tvm.compile(lowered, target=self.tvm_target(), relax_pipeline=None)
 
+    def generate(self, lowered):
+        """link, and whatever of export can be done before the artifact's metadata is known (so on
+        a thread of its own while the build goes on)."""
+        return self.link(lowered)
+
     def export(self, compiled, output, metadata: dict):
         """The artifact file at `output`, written atomically."""
         raise NotImplementedError

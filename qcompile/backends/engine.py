@@ -12,6 +12,7 @@ calibration set still runs on -O3 code."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,24 +34,40 @@ def host_engine(mod) -> "Engine":
 def host_engine_beside(mod) -> Background:
     """host_engine's Engine, its Relax passes run now and its code generated on a thread of its own
     (TVM's C++ and LLVM, which let Python go on): the caller compiles something else meanwhile and
-    takes the Engine from `.result()`."""
+    takes the Engine from `.result()` (its library is loaded on the caller's thread)."""
     from . import backend_for
 
     spec = get_target("host")
     quick = backend_for(dataclasses.replace(spec, llvm={**spec.llvm, "opt-level": 0}))
     with stage("calibration/simulation compiles"):
         lowered = quick.lower(mod)  # the Relax passes do not depend on LLVM's optimization level
-    return Background(lambda: Engine(lowered, quick, backend_for(spec)))
+    return Background(_quick_library, quick, lowered,
+                      then=lambda made: Engine(*made, lowered, backend_for(spec)))
+
+
+def _quick_library(quick, lowered) -> tuple[Path, float]:
+    """The quick code's library, in a folder of its own, and the seconds it took to make."""
+    start = time.perf_counter()
+    path = Path(tempfile.mkdtemp(prefix="qcompile-engine-")) / "engine.so"
+    quick.link(lowered).export_library(str(path))
+    return path, time.perf_counter() - start
 
 
 class Engine:
     """A lowered module running on quick code, until that has cost what the optimized code costs to make."""
 
-    def __init__(self, lowered, quick, optimized):
+    def __init__(self, library: Path, seconds: float, lowered, optimized):
+        import tvm
+        from tvm import relax
+
+        from .cpu.run import load_library
+
+        try:
+            self._vm = relax.VirtualMachine(load_library(library), tvm.cpu())
+        finally:
+            shutil.rmtree(library.parent, ignore_errors=True)
         self._lowered, self._optimized = lowered, optimized
-        start = time.perf_counter()
-        self._vm = _loaded_vm(quick.link(lowered))
-        self._budget = (OPTIMIZED_COST - 1) * (time.perf_counter() - start)  # the -O3 compile's extra cost
+        self._budget = (OPTIMIZED_COST - 1) * seconds  # the -O3 compile's extra cost
         self._excess = 0.0  # what the quick code's runs cost beyond optimized code's
 
     def __getitem__(self, name: str):
@@ -69,13 +86,3 @@ class Engine:
                     self._vm = relax.VirtualMachine(self._optimized.link(self._lowered), tvm.cpu())
                 self._lowered = None
         return result
-
-
-def _loaded_vm(executable):
-    import tvm
-    from tvm import relax
-
-    with tempfile.TemporaryDirectory(prefix="qcompile-engine-") as folder:
-        path = Path(folder) / "engine.so"
-        executable.export_library(str(path))
-        return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())

@@ -53,6 +53,14 @@ class CPUBackend(Backend):
         first = [Int8Packed(self.family.int8, floating)] if self.family.int8 is not None or floating else []
         return [ApplyDefaultSchedule(*first, CPUDefault())]
 
+    def generate(self, lowered):
+        """Linked, and its object code written: LLVM's code generation, most of export's time."""
+        from .export import object_files
+
+        compiled = self.link(lowered)
+        object_files(compiled)
+        return compiled
+
     def export(self, compiled, output, metadata: dict):
         from .export import write_library
 

@@ -18,7 +18,7 @@ from .runtime import PARALLEL_SOURCE, runtime_dir
 _OBJECTS = "_qcompile_objects"
 
 
-def _object_files(executable) -> tuple[list[str], dict]:
+def object_files(executable) -> tuple[list[str], dict]:
     """The object files of `executable`'s kernels (and packed imports), written by TVM once and
     kept beside the executable while it lives: a build links the same code twice (the library it
     verifies, then the artifact with the verification in its metadata), and writing the objects is
@@ -44,7 +44,7 @@ def write_library(executable, spec: TargetSpec, output: Path, metadata: dict) ->
     artifact.py); `metadata` gains the checksum too."""
     from tvm.support import cc as tvm_cc
 
-    objects, kwargs = _object_files(executable)
+    objects, kwargs = object_files(executable)
     work = fresh_dir("export")
     try:
         meta_src = work / "qcompile_metadata.cc"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +40,28 @@ def load_library(path):
         tmp = copy.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, copy)
-    module = tvm.runtime.load_module(str(copy))
+    with _native_stderr_silenced():
+        module = tvm.runtime.load_module(str(copy))
     _use_artifact_thread_pool(Path(path), copy)
     return module
+
+
+@contextmanager
+def _native_stderr_silenced():
+    """TVM's runtime writes a warning to stderr for each library after the first it loads into a
+    process (each registers its packed imports under the same global name): noise, not the user's.
+    A load's real failures are raised, not written."""
+    import os
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 # artifact path -> ctypes handle of its loaded library, whose parallel-for pool runs its kernels;

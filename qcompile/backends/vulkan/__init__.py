@@ -51,9 +51,9 @@ class VulkanBackend(Backend):
 
         return dlight_gpu_rules()
 
-    def compile(self, mod, database=None):
+    def lower(self, mod, database=None):
         """Legalized, fused and scheduled for the GPU (TVM's Relax VM cannot launch WebGPU kernels
-        outside a browser: export plans the dispatches instead)."""
+        outside a browser: export plans the dispatches instead, and link has nothing to do)."""
         import contextlib
 
         import tvm
@@ -64,6 +64,9 @@ class VulkanBackend(Backend):
         target = self.tvm_target()
         with compiling(self.spec), target, database if database is not None else contextlib.nullcontext():
             return tvm.transform.Sequential(self.scheduled_passes(target, database is not None))(mod)
+
+    def link(self, lowered):
+        return lowered
 
     def export(self, compiled, output, metadata: dict):
         from .wgsl import plan_module, write_artifact
