@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "qcompile"
 
 LAYER_1 = {"errors", "atomic", "threads", "targets", "toolchain", "artifact", "ir", "ops", "layers", "examples",
-           "timing"}
+           "timing", "background"}
 LAYER_2 = {"frontends", "passes", "quantize", "backends", "records", "peer"}
 # zoo: a streaming model's samples carry the state its own runtime reached (verification's reference)
 LAYER_3 = {"api", "builder", "cli", "debug", "debug_report", "demo", "execute", "mixed", "report", "session", "tuning",

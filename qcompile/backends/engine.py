@@ -11,41 +11,18 @@ calibration set still runs on -O3 code."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from ..background import Background
-from ..targets import get_target
 from ..timing import stage
 
 QUICK_SLOWDOWN = 5.0  # run time of -O0 code against -O3 (measured 5.4x, 5.4x, 5.9x on three zoo models)
 OPTIMIZED_COST = 4.0  # compile time of -O3 against -O0 (measured 3.8x, 4.1x, 5.0x)
 
 
-def host_engine(mod) -> "Engine":
-    """`mod` compiled for this machine, run as a Relax VM is: `engine["main"](*tensors)`."""
-    with stage("calibration/simulation compiles"):
-        return host_engine_beside(mod).result()
-
-
-def host_engine_beside(mod) -> Background:
-    """host_engine's Engine, its Relax passes run now and its code generated on a thread of its own
-    (TVM's C++ and LLVM, which let Python go on): the caller compiles something else meanwhile and
-    takes the Engine from `.result()` (its library is loaded on the caller's thread)."""
-    from . import backend_for
-
-    spec = get_target("host")
-    quick = backend_for(dataclasses.replace(spec, llvm={**spec.llvm, "opt-level": 0}))
-    with stage("calibration/simulation compiles"):
-        lowered = quick.lower(mod)  # the Relax passes do not depend on LLVM's optimization level
-    return Background(_quick_library, quick, lowered,
-                      then=lambda made: Engine(*made, lowered, backend_for(spec)))
-
-
-def _quick_library(quick, lowered) -> tuple[Path, float]:
+def quick_library(quick, lowered) -> tuple[Path, float]:
     """The quick code's library, in a folder of its own, and the seconds it took to make."""
     start = time.perf_counter()
     path = Path(tempfile.mkdtemp(prefix="qcompile-engine-")) / "engine.so"
