@@ -75,23 +75,26 @@ def import_float(model, input_shapes=None, input_values=None):
 def compile_module(mod, spec, records=None):
     """`mod` compiled by the backend of `spec`; with `records` (a tuning database folder), kernels
     tuned and verified there replace the default schedules."""
-    from .records import trusted_database
-
-    database = trusted_database(records, spec, mod) if records is not None else None
+    backend, lowered = _lower(mod, spec, records)
     with stage("compile"):
-        return backend_for(spec).compile(mod, database)
+        return backend.link(lowered)
 
 
 def start_compile(mod, spec, records=None) -> Background:
     """compile_module's result, its Relax passes run here and its code (object code included where
     export needs it) generated on a thread of its own: the build lowers its simulation meanwhile."""
+    backend, lowered = _lower(mod, spec, records)
+    return Background(backend.generate, lowered)
+
+
+def _lower(mod, spec, records=None):
+    """(the backend of `spec`, `mod` through its Relax passes, `records`' kernels in scope)."""
     from .records import trusted_database
 
     database = trusted_database(records, spec, mod) if records is not None else None
     backend = backend_for(spec)
     with stage("compile"):
-        lowered = backend.lower(mod, database)
-    return Background(backend.generate, lowered)
+        return backend, backend.lower(mod, database)
 
 
 def build(model, target: str = "host", output="model.so", *, input_shapes: dict | None = None,

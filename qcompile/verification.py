@@ -145,7 +145,7 @@ def compare(imported, got: list[np.ndarray], ref: list[np.ndarray], quantized: b
 def start_simulation(prepared):
     """The fake-quantized float module a static (integer) build was realized from, its code
     generated on a thread of its own while the build compiles the artifact (a Background of its
-    Relax VM), or None where there is none."""
+    engine, backends.host_engine_beside), or None where there is none."""
     from .backends import host_engine_beside
 
     if prepared.quant_report is None or getattr(prepared, "simulated", None) is None:
