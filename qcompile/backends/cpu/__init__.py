@@ -28,12 +28,15 @@ class CPUBackend(Backend):
         from .channels_last import channels_last_pass
         from .conv1d_as_conv2d import conv1d_as_conv2d_pass
         from .fused_lookup import fused_lookup_pass
+        from .scalar_operands import scalar_operands_pass
 
         kernel, floating = self.family.int8, self._float_kernel()
         packed = ([pack_int8_pass(kernel)] if kernel is not None else []) + \
                  ([pack_float_pass(floating)] if floating is not None else [])
         first = [branch_free_prelu_pass()]  # every CPU family: the select it removes is LLVM's, not a kernel's
-        last = [fused_lookup_pass()]  # after channels-last, which moves transposes past takes
+        # after channels-last, which moves transposes past takes; scalar operands last, once no pass
+        # reads a constant's value any more
+        last = [fused_lookup_pass(), scalar_operands_pass()]
         if not packed:
             return first + last
 
