@@ -288,3 +288,43 @@ def test_upsample_and_concat_neck_stays_channels_last():
     (resize,) = [v for v in calls if op_name(v) == "image.resize2d"]
     (concat,) = [v for v in calls if op_name(v) == "concat"]
     assert str(resize.attrs.layout) == "NHWC" and int(concat.attrs.axis) == 3
+
+
+def _conv_then_long_tail(steps: int):
+    """An int8 conv2d, its epilogue, then a recurrent-style tail of `steps` float steps (ddddocr's
+    LSTM after its CNN): nothing after the flatten has a layout."""
+    from tvm import relax
+    from tvm.relax import op as ops
+
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(ops.nn.conv2d(x, relax.const(W1), padding=[1, 1, 1, 1], out_dtype="int32"))
+            y = bb.emit(ops.clip(bb.emit(ops.add(y, relax.const(B1))), -128, 127))
+            h = bb.emit(ops.astype(bb.emit(ops.reshape(y, (1, 256))), "float32"))
+            for i in range(steps):
+                h = bb.emit(ops.sigmoid(bb.emit(ops.add(h, relax.const(np.float32(i))))))
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_a_long_tail_after_the_last_convolution_is_left_out_of_convert_layout(monkeypatch):
+    """ConvertLayout's time grows faster than the square of a function's length (20 s for 8000
+    bindings): where a long tail follows the last convolution, it sees the function up to the
+    convolution's epilogue only, and the result is the module it would have made of the whole."""
+    from tvm import relax
+
+    from qcompile.backends.cpu import channels_last
+
+    mod = _conv_then_long_tail(40)
+    whole = channels_last_pass(is_eligible)(mod)
+    seen = []
+    convert = relax.transform.ConvertLayout
+    monkeypatch.setattr(relax.transform, "ConvertLayout",
+                        lambda desired: lambda m: seen.append(len(m["main"].body.blocks[0].bindings)) or convert(desired)(m))
+    monkeypatch.setattr(channels_last, "LONG_TAIL", 20)
+    cut = channels_last_pass(is_eligible)(mod)
+    assert seen and seen[0] < 10  # the convolution, its epilogue and the head's output tuple
+    tvm.ir.assert_structural_equal(cut, whole)

@@ -24,8 +24,10 @@ from ...ir import (
     main_bindings,
     op_name,
     rewrite_main,
+    substitute,
     tensor_dtype,
     tensor_shape,
+    vars_in,
 )
 from ...passes.fold_constants import FoldConstantsWithNumpy, FoldRemainingConstants
 
@@ -38,6 +40,13 @@ ELEMENTWISE = {"where", "astype", "quantize", "dequantize", "greater", "greater_
                "ceil", "sigmoid", "tanh", "exp", "negative", "abs", "sqrt", "nn.relu", "right_shift"}
 POOLS = {"nn.max_pool2d": R.nn.max_pool2d, "nn.avg_pool2d": R.nn.avg_pool2d}
 COMMUTATIVE = ("add", "multiply", "maximum", "minimum")
+# ConvertLayout's time grows faster than the square of a function's length (measured: 0.85 s for 2000
+# bindings, 20 s for 8000), and an unrolled recurrent network after a CNN (ddddocr's LSTM: 6000
+# bindings after its last convolution at 333) cost 15-18 s in each module a build compiles. Where more
+# than this many bindings follow the last convolution, ConvertLayout sees the function only up to it,
+# and sink_transposes carries the transposes left at the cut down the rest.
+LONG_TAIL = 1000
+KEEP_LAYOUT = ELEMENTWISE | {"take", "concat", "nn.max_pool2d", "nn.avg_pool2d", "nn.adaptive_avg_pool2d", "image.resize2d"}
 
 
 def _before_convert_layout(bb, var, value):
@@ -83,6 +92,57 @@ def _commuted_args(var, value, permuted: dict):
             return None
         args.append(a)
     return (args, axes) if axes is not None else None
+
+
+def convert_layout(mod):
+    """ConvertLayout(DESIRED) of `main`, on the part up to its last convolution (and its epilogue)
+    where a tail of more than LONG_TAIL bindings follows it."""
+    bindings = list(main_bindings(mod))
+    convs = [i for i, (_, value) in enumerate(bindings) if op_name(value) == "nn.conv2d"]
+    cut = convs[-1] + 1 if convs else 0
+    # with the layers after it that keep a layout (its epilogue), so that it stays fused to them
+    while cut < len(bindings) and op_name(bindings[cut][1]) in KEEP_LAYOUT:
+        cut += 1
+    if len(bindings) - cut <= LONG_TAIL or len(mod["main"].body.blocks) != 1:
+        return relax.transform.ConvertLayout(DESIRED)(mod)
+    return _head_converted(mod, bindings[:cut])
+
+
+def _head_converted(mod, head):
+    """`main` with its first bindings (`head`) through ConvertLayout as a function of their own, whose
+    outputs are the variables the rest reads (in their original layouts), and the rest as it was."""
+    func = mod["main"]
+    defined = {var for var, _ in head}
+    read = {v for _, value in list(main_bindings(mod))[len(head):] for v in vars_in(value)} | set(vars_in(func.body.body))
+    boundary = [var for var, _ in head if var in read]
+    bb = relax.BlockBuilder()
+    with bb.function("main", list(func.params), attrs=dict(func.attrs) if func.attrs is not None else None):
+        with bb.dataflow():
+            for var, value in head:
+                bb.emit_normalized(relax.VarBinding(var, value))
+            out = bb.emit_output(relax.Tuple(boundary))
+        bb.emit_func_output(out)
+    part = mod.clone()
+    part["main"] = bb.get()["main"]
+    converted = relax.transform.ConvertLayout(DESIRED)(part)["main"]
+    remap = dict(zip(converted.params, func.params))
+    at_cut: dict = {}  # a boundary variable -> what stands for it after the converted head
+
+    def start(bb, _params):
+        for var, value in main_bindings(tvm.IRModule({"main": converted})):
+            value = substitute(value, remap)
+            if var.same_as(converted.body.body):  # the tuple of the boundary's variables
+                fields = value.fields if isinstance(value, relax.Tuple) else \
+                    [bb.emit(relax.TupleGetItem(emit_as_is(bb, var, value), i)) for i in range(len(boundary))]
+                at_cut.update(zip(boundary, fields))
+            else:
+                remap[var] = emit_as_is(bb, var, value)
+        return at_cut
+
+    def rule(bb, var, value):
+        return at_cut.get(var, var) if var in defined else emit_as_is(bb, var, value)
+
+    return rewrite_main(mod, rule, start=start)
 
 
 def sink_transposes(mod):
@@ -143,7 +203,7 @@ def channels_last_pass(is_int8_conv):
         if not any(op_name(v) == "nn.conv2d" and is_int8_conv(v) for _, v in main_bindings(mod)):
             return mod
         mod = rewrite_main(mod, _before_convert_layout)
-        mod = sink_transposes(relax.transform.ConvertLayout(DESIRED)(mod))
+        mod = sink_transposes(convert_layout(mod))
         # the weights' transposes in numpy first: FoldConstant compiles each with LLVM (1.6-3 s a small CNN)
         return tvm.transform.Sequential([FoldConstantsWithNumpy, FoldRemainingConstants, relax.transform.CanonicalizeBindings(),
                                          relax.transform.DeadCodeElimination(["main"])])(mod)
