@@ -36,6 +36,24 @@ def test_scalar_constants_of_arithmetic_become_tensors_of_one_element():
     tvm.ir.assert_structural_equal(scalar_operands(_two_rescales(())), _two_rescales((1,)))
 
 
+def test_a_scale_and_zero_point_of_dequantize_and_quantize_become_tensors_of_one_element():
+    def fake_quantized(shape):
+        def body(bb, x):
+            scale, zero = relax.const(np.full(shape, 0.05, "float32")), relax.const(np.full(shape, 3, "int32"))
+            y = bb.emit(R.dequantize(x, scale, zero, axis=1))
+            return bb.emit(R.quantize(y, relax.const(np.full(shape, 0.1, "float32")), zero, axis=1, out_dtype="int8"))
+        return module([tensor_var("x", (1, 4, 8, 8), "int8")], body)
+
+    before = fake_quantized(())
+    tvm.ir.assert_structural_equal(scalar_operands(before), fake_quantized((1,)))
+    backend = backend_for(get_target("host"))
+    x = tvm.runtime.tensor(RNG.integers(-128, 128, (1, 4, 8, 8), dtype="int8"))
+    got, literal = (relax.VirtualMachine(ex, tvm.cpu())["main"](x).numpy()
+                    for ex in (backend.compile(before), tvm.compile(before, target="llvm")))
+    np.testing.assert_array_equal(got, literal)  # the same values as with the scale a literal
+    assert len(np.unique(got)) > 10
+
+
 def test_clamps_and_arithmetic_of_scalars_keep_their_constants():
     x, s = tensor_var("x", (4, 4), "float32"), tensor_var("s", (), "float32")
 
