@@ -105,15 +105,15 @@ def convert_layout(mod):
         cut += 1
     if len(bindings) - cut <= LONG_TAIL or len(mod["main"].body.blocks) != 1:
         return relax.transform.ConvertLayout(DESIRED)(mod)
-    return _head_converted(mod, bindings[:cut])
+    return _head_converted(mod, bindings[:cut], bindings[cut:])
 
 
-def _head_converted(mod, head):
+def _head_converted(mod, head, tail):
     """`main` with its first bindings (`head`) through ConvertLayout as a function of their own, whose
     outputs are the variables the rest reads (in their original layouts), and the rest as it was."""
     func = mod["main"]
     defined = {var for var, _ in head}
-    read = {v for _, value in list(main_bindings(mod))[len(head):] for v in vars_in(value)} | set(vars_in(func.body.body))
+    read = {v for _, value in tail for v in vars_in(value)} | set(vars_in(func.body.body))
     boundary = [var for var, _ in head if var in read]
     bb = relax.BlockBuilder()
     with bb.function("main", list(func.params), attrs=dict(func.attrs) if func.attrs is not None else None):

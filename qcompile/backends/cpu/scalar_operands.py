@@ -10,11 +10,10 @@ operand."""
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
 
-from ...ir import emit_as_is, is_const, main_bindings, op_name, rewrite_main
+from ...ir import emit_as_is, is_const, main_bindings, op_name, operand, rewrite_main
 
 ARITHMETIC = {"add", "subtract", "multiply", "divide", "floor_divide", "right_shift", "left_shift"}
 # (de)quantize's scale and zero point: legalization reads a one-element tensor as the same scalar
@@ -25,34 +24,29 @@ def _scalar(expr) -> bool:
     return is_const(expr) and expr.ty.ndim == 0
 
 
-def _with_tensor_operands(value):
-    """`value` with its 0-d constant operands as (1,) constants where the other operand has at least
-    one dimension (so the result's shape is unchanged), or None if there is nothing to change."""
-    if op_name(value) not in QDQ | ARITHMETIC:
-        return None
-    args = list(value.args)
-    if op_name(value) in QDQ:
-        operands = [1, 2] if args[0].ty.ndim >= 1 else []
-    elif len(args) == 2:
-        operands = [i for i in (0, 1) if isinstance(args[1 - i].ty, relax.TensorType) and args[1 - i].ty.ndim >= 1]
+def _scalar_operands(value) -> list[int]:
+    """The positions of `value`'s 0-d constant operands that can be (1,) constants: where the other
+    operand (the data, for (de)quantize) has at least one dimension, so the result's shape is unchanged."""
+    name = op_name(value)
+    if name in QDQ:
+        candidates = [1, 2] if value.args[0].ty.ndim >= 1 else []
+    elif name in ARITHMETIC and len(value.args) == 2:
+        candidates = [i for i in (0, 1) if isinstance(value.args[1 - i].ty, relax.TensorType) and value.args[1 - i].ty.ndim >= 1]
     else:
-        return None
-    for i in operands:
-        if _scalar(args[i]):
-            scalar = args[i].value.numpy()
-            args[i] = relax.const(np.reshape(scalar, (1,)), str(scalar.dtype))
-    if all(new.same_as(old) for new, old in zip(args, value.args)):
-        return None
-    return relax.Call(value.op, args, value.attrs, value.ty_args)
+        return []
+    return [i for i in candidates if _scalar(value.args[i])]
 
 
 def _rule(bb, var, value):
-    rewritten = _with_tensor_operands(value)
-    return emit_as_is(bb, var, value) if rewritten is None else bb.emit(rewritten, var.name)
+    positions = _scalar_operands(value)
+    if not positions:
+        return emit_as_is(bb, var, value)
+    args = [operand(a.value.numpy(), str(a.ty.dtype)) if i in positions else a for i, a in enumerate(value.args)]
+    return bb.emit(relax.Call(value.op, args, value.attrs, value.ty_args), var.name)
 
 
 def scalar_operands(mod):
-    if not any(_with_tensor_operands(value) is not None for _, value in main_bindings(mod)):
+    if not any(_scalar_operands(value) for _, value in main_bindings(mod)):
         return mod
     return rewrite_main(mod, _rule)
 
