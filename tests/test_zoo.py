@@ -32,6 +32,7 @@ def _build_and_compare(tmp_path, name, quantize=None):
     for feed in zoo.samples(name, imported, 2, seed=1):
         got = list(qcompile.run(result.artifact, feed).outputs.values())
         _, ref = reference_outputs(imported, feed)
+        assert all(d.taken(ref).size for d in spec.decisions)  # its decisions read outputs it has
         for a, b in zip(got, ref):
             b = b.astype(np.float64)
             worst_rel = max(worst_rel, float(np.abs(a - b).max() / max(1.0, np.abs(b).max())))
@@ -59,6 +60,14 @@ def test_zoo_model_builds_fp32_and_matches_its_own_runtime(tmp_path, name):
 def test_zoo_model_builds_int8_close_to_float(tmp_path, name, min_sqnr_db):
     _, sqnr = _build_and_compare(tmp_path, name, quantize={})
     assert sqnr > min_sqnr_db
+
+
+def test_a_decision_is_its_output_above_the_threshold_at_its_channel():
+    scores = np.array([[[0.1, 0.9], [0.7, 0.2]]]).transpose(0, 2, 1)  # (1, 2 channels, 2 places)
+    outputs = [np.zeros((1, 4)), scores]
+    assert zoo.Decision(1, 0.6, channel=1).taken(outputs).tolist() == [True, False]
+    assert zoo.Decision(1, 0.6).taken(outputs).tolist() == [False, True, True, False]
+    assert zoo.Decision(0, -1.0).taken(outputs).all()
 
 
 def test_a_tflite_custom_op_is_named_in_the_error():
