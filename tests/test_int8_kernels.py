@@ -108,6 +108,30 @@ def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, bits,
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
+def _parallel_workspace_allocations(llvm_ir: str) -> dict:
+    """Allocation sites (TVMBackendAllocWorkspace) per parallel loop body (TVM's __tvm_parallel_lambda)."""
+    found, name = {}, None
+    for line in llvm_ir.splitlines():
+        if line.startswith("define "):
+            name = line.split("@", 1)[1].split("(", 1)[0]
+        elif name and name.startswith("__tvm_parallel_lambda") and "@__TVMBackendAllocWorkspace" in line:
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+# Depthwise kernels and NEON's convolution have no intrinsic: LLVM vectorizes their dot from a
+# "local" accumulator (on the stack it was promoted to scalars), so they keep a per-iteration buffer
+@pytest.mark.parametrize("family", [f for f in TARGETS if f != "arm-neon"])
+def test_a_packed_kernel_allocates_nothing_in_its_parallel_loop(family):
+    """The accumulators and an instruction's operands live on the stack (registers): a "local"
+    buffer was a heap workspace call in every parallel iteration (TVM puts only global ones on the
+    stack), two allocations and two frees per row tile of every int8 layer."""
+    lib, *_ = _conv_kernel(family, hw=16)
+    ir = lib.mod.inspect_source("ll")
+    assert "@__tvm_parallel_lambda" in ir  # the kernel has a parallel loop
+    assert _parallel_workspace_allocations(ir) == {}
+
+
 @pytest.mark.parametrize("family", list(TARGETS))
 def test_output_channels_that_fill_no_whole_vector_are_exact(family):
     """Three whole vectors of output channels and four more, on an image with enough row tiles that

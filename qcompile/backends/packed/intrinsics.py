@@ -5,7 +5,12 @@ One description for all of them: C[lanes] (int32) += sum_k A[k] * B[lanes, k], w
 `kpack` activations of one pixel (contiguous in the packed input) and B a pre-packed weight tile.
 Each ISA supplies the implementation. They are registered here rather than taken from
 `tvm.s_tir.tensor_intrin`, whose import costs about 70 s (and whose VNNI intrinsic no longer
-verifies with LLVM 22: vpdpbusd.512 takes <64 x i8> operands)."""
+verifies with LLVM 22: vpdpbusd.512 takes <64 x i8> operands).
+
+The CPU implementations write their operands inline and accumulate into a "global" buffer: in
+TVMScript an assignment (`a4 = ...`) is a buffer of its own, and TVM puts only small global-scope
+buffers on the stack, so a temporary or a "local" accumulator was a TVMBackendAllocWorkspace call
+(and a free) in every parallel iteration of every int8 layer. CUDA's dp4a keeps "local" (registers)."""
 
 from __future__ import annotations
 
@@ -15,14 +20,14 @@ from tvm.script import tirx as T
 I0, I1, I2, I3, I4, I16 = T.int64(0), T.int64(1), T.int64(2), T.int64(3), T.int64(4), T.int64(16)
 
 
-def _desc(lanes: int, kpack: int, a_dtype: str):
+def _desc(lanes: int, kpack: int, a_dtype: str, scope: str = "global"):
     L, KP, zero = T.int64(lanes), T.int64(kpack), T.int64(0)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (KP,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (L, KP), "int8", offset_factor=1)
-        C = T.match_buffer(c, (L,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (L,), "int32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[zero:L], A[zero:KP], B[zero:L, zero:KP])
             T.writes(C[zero:L])
@@ -44,15 +49,15 @@ def _broadcast_dot_impl(lanes: int, a_dtype: str, llvm_intrin: str):
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (I4,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (IL, I4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="global")
         with T.sblock("root"):
             T.reads(C[I0:IL], A[I0:I4], B[I0:IL, I0:I4])
             T.writes(C[I0:IL])
-            a4 = T.reinterpret(A.vload([I0], f"{a_dtype}x4"), dtype="int32")
             C[T.ramp(I0, T.int64(1), lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm_intrin),
                 C.vload([I0], f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(a4, lanes), dtype=f"int8x{n}"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([I0], f"{a_dtype}x4"), dtype="int32"), lanes),
+                              dtype=f"int8x{n}"),
                 B.vload([I0, I0], f"int8x{n}"),
                 dtype=f"int32x{lanes}",
             )
@@ -70,14 +75,13 @@ def _pmaddwd_impl(lanes: int, llvm_intrin: str):
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (I2,), "int16", offset_factor=1)
         B = T.match_buffer(b, (IL, I2), "int8", offset_factor=1)
-        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="global")
         with T.sblock("root"):
             T.reads(C[I0:IL], A[I0:I2], B[I0:IL, I0:I2])
             T.writes(C[I0:IL])
-            a2 = T.reinterpret(A.vload([I0], "int16x2"), dtype="int32")
             C[T.ramp(I0, T.int64(1), lanes)] = C.vload([I0], c_vec) + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm_intrin),
-                T.reinterpret(T.broadcast(a2, lanes), dtype=a_vec),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([I0], "int16x2"), dtype="int32"), lanes), dtype=a_vec),
                 T.Cast(a_vec, B.vload([I0, I0], b_vec)),
                 dtype=c_vec,
             )
@@ -97,16 +101,18 @@ def _pmaddubsw_impl(lanes: int, madd_ubsw: str, madd_wd: str):
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (I4,), "uint8", offset_factor=1)
         B = T.match_buffer(b, (IL, I4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (IL,), "int32", offset_factor=1, scope="global")
         with T.sblock("root"):
             T.reads(C[I0:IL], A[I0:I4], B[I0:IL, I0:I4])
             T.writes(C[I0:IL])
-            a4 = T.reinterpret(A.vload([I0], "uint8x4"), dtype="int32")
-            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(madd_ubsw),
-                                            T.reinterpret(T.broadcast(a4, lanes), dtype=f"int8x{n}"),
-                                            B.vload([I0, I0], f"int8x{n}"), dtype=i16)
             C[T.ramp(I0, T.int64(1), lanes)] = C.vload([I0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(madd_wd), pairs, T.broadcast(T.int16(1), 2 * lanes), dtype=f"int32x{lanes}")
+                T.llvm_lookup_intrinsic_id(madd_wd),
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(madd_ubsw),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([I0], "uint8x4"), dtype="int32"), lanes),
+                                  dtype=f"int8x{n}"),
+                    B.vload([I0, I0], f"int8x{n}"), dtype=i16),
+                T.broadcast(T.int16(1), 2 * lanes), dtype=f"int32x{lanes}")
 
     return impl
 
@@ -121,7 +127,7 @@ def _mmla_desc():
         s0 = T.int64()
         A = T.match_buffer(a, (two, eight), "int8", strides=[s0, I1], offset_factor=1)
         B = T.match_buffer(b, (two, eight), "int8", offset_factor=1)
-        C = T.match_buffer(c, (two, two), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (two, two), "int32", offset_factor=1, scope="global")
         with T.sblock("root"):
             T.reads(C[I0:two, I0:two], A[I0:two, I0:eight], B[I0:two, I0:eight])
             T.writes(C[I0:two, I0:two])
@@ -142,14 +148,14 @@ def _smmla_impl():
         s0 = T.int64()
         A = T.match_buffer(a, (two, eight), "int8", strides=[s0, I1], offset_factor=1)
         B = T.match_buffer(b, (two, eight), "int8", offset_factor=1)
-        C = T.match_buffer(c, (two, two), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (two, two), "int32", offset_factor=1, scope="global")
         with T.sblock("root"):
             T.reads(C[I0:two, I0:two], A[I0:two, I0:eight], B[I0:two, I0:eight])
             T.writes(C[I0:two, I0:two])
-            rows = T.Shuffle([A.vload([I0, I0], "int8x8"), A.vload([I1, I0], "int8x8")], list(range(16)))
             C[I0, T.ramp(I0, I1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smmla.v4i32.v16i8"),
-                C.vload([I0, I0], "int32x4"), rows, B.vload([I0, I0], "int8x16"), dtype="int32x4")
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smmla.v4i32.v16i8"), C.vload([I0, I0], "int32x4"),
+                T.Shuffle([A.vload([I0, I0], "int8x8"), A.vload([I1, I0], "int8x8")], list(range(16))),
+                B.vload([I0, I0], "int8x16"), dtype="int32x4")
 
     return impl
 
@@ -182,7 +188,7 @@ _IMPLS = {
     "qcompile_avx2_pmaddubsw_8x4": lambda: (_desc(8, 4, "uint8"),
                                             _pmaddubsw_impl(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")),
     "qcompile_sdot_4x4": lambda: (_desc(4, 4, "int8"), _broadcast_dot_impl(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")),
-    "qcompile_dp4a": lambda: (_desc(4, 4, "int8"), _dp4a_impl()),
+    "qcompile_dp4a": lambda: (_desc(4, 4, "int8", "local"), _dp4a_impl()),
     "qcompile_smmla_2x2x8": lambda: (_mmla_desc(), _smmla_impl()),
 }
 _registered: set[str] = set()

@@ -64,7 +64,13 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
         sch.reorder(oco, outer)
         outer = oco = sch.fuse(oco, outer)
     parallel_if_worth_it(sch, outer, work)
-    acc = sch.cache_write(dot, 0, "local")
+    # Accumulators that TIR vectorizes (an intrinsic's, or the float lane loop's) in "global" scope:
+    # TVM puts only small *global* buffers on the stack (where LLVM keeps them in registers); a
+    # "local" one is a TVMBackendAllocWorkspace call in every parallel iteration. Where LLVM
+    # vectorizes the dot itself (depthwise, NEON's smlal) it stays "local": on the stack it was
+    # promoted to scalars and the vectors were lost.
+    in_registers = not depthwise and (kernel.intrin is not None or vector_lanes)
+    acc = sch.cache_write(dot, 0, "global" if in_registers else "local")
     sch.reverse_compute_at(acc, oco, preserve_unit_loops=True)  # a stable loop count for replayed traces
     sch.vectorize(sch.get_loops(acc)[-1])
     init = sch.decompose_reduction(dot, reduce[0])
