@@ -1,5 +1,6 @@
 """annotate: observe markers on the inputs of the ops that will compute in int8 (and plan's grouping)."""
 
+import numpy as np
 import tvm
 from relax_builders import B1, W1, W2, conv, function, two_convs
 from tvm import relax
@@ -41,3 +42,44 @@ def test_plan_groups_epilogues_and_elementwise_chains():
     assert [(n.kind, n.op, len(n.members)) for n in nodes] == [
         ("compute", "conv2d", 2), ("compute", "conv2d", 1), ("elementwise", "elementwise", 4)]
     assert all(n.quantized for n in nodes)
+
+
+def _heads(bb, x, then_conv: bool):
+    """Two convolutions of x concatenated (a detector's score heads), the concat returned or read by a third."""
+    a, b = bb.emit(conv(x, W1)), bb.emit(conv(x, W1))
+    scores = bb.emit(R.concat([a, b], axis=1))
+    return bb.emit(conv(scores, np.ones((4, 8, 1, 1), "float32"))) if then_conv else scores
+
+
+def test_a_concat_only_the_outputs_read_stays_float_on_the_layers_unrounded_outputs():
+    def expected(bb, x):
+        xo = bb.emit(observe(x, "x"))
+        a, b = bb.emit(conv(xo, W1)), bb.emit(conv(xo, W1))
+        return bb.emit(R.concat([a, b], axis=1))
+
+    got = annotate(function(lambda bb, x: _heads(bb, x, then_conv=False)))
+    tvm.ir.assert_structural_equal(got, function(expected))
+    assert [(n.op, n.quantized) for n in plan(function(lambda bb, x: _heads(bb, x, then_conv=False))).nodes] == [
+        ("conv2d", True), ("conv2d", True), ("concat", False)]
+
+
+def test_a_concat_an_int8_layer_reads_is_quantized_and_so_are_its_inputs():
+    def expected(bb, x):
+        xo = bb.emit(observe(x, "x"))
+        ao = bb.emit(observe(bb.emit(conv(xo, W1)), "conv2d_0.out"))
+        bo = bb.emit(observe(bb.emit(conv(xo, W1)), "conv2d_1.out"))
+        scores = bb.emit(R.concat([ao, bo], axis=1))
+        return bb.emit(conv(bb.emit(observe(scores, "concat_0.out")), np.ones((4, 8, 1, 1), "float32")))
+
+    got = annotate(function(lambda bb, x: _heads(bb, x, then_conv=True)))
+    tvm.ir.assert_structural_equal(got, function(expected))
+
+
+def test_a_float_node_leaves_the_node_before_it_without_an_int8_reader():
+    def chain(bb, x):
+        a, b = bb.emit(conv(x, W1)), bb.emit(conv(x, W1))
+        s = bb.emit(R.add(a, b))  # read only by the float concat below: float too
+        return bb.emit(R.concat([s, a], axis=1))
+
+    assert [(n.op, n.quantized) for n in plan(function(chain)).nodes] == [
+        ("conv2d", True), ("conv2d", True), ("add", False), ("concat", False)]

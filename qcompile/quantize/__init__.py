@@ -165,6 +165,8 @@ def _why_float(node, config: QuantConfig) -> str:
         return f"kept float by --skip-op {node.op}"
     if node.kind == "elementwise":
         return "no int8 layer reads it, so a lookup table would save nothing"
+    if node.kind != "compute":
+        return "no int8 layer reads it: in int8 it would only round what the layers before it computed"
     return "kept float"
 
 
