@@ -75,11 +75,12 @@ def test_a_concat_an_int8_layer_reads_is_quantized_and_so_are_its_inputs():
     tvm.ir.assert_structural_equal(got, function(expected))
 
 
-def test_a_float_node_leaves_the_node_before_it_without_an_int8_reader():
-    def chain(bb, x):
+def test_a_node_the_outputs_read_through_layout_ops_stays_float_and_one_a_float_op_reads_stays_int8():
+    def heads(bb, x):
         a, b = bb.emit(conv(x, W1)), bb.emit(conv(x, W1))
-        s = bb.emit(R.add(a, b))  # read only by the float concat below: float too
-        return bb.emit(R.concat([s, a], axis=1))
+        s = bb.emit(R.add(a, b))  # read by a float op inside the graph (the softmax): stays int8
+        scores = bb.emit(R.concat([bb.emit(R.nn.softmax(s, axis=1)), a], axis=1))
+        return bb.emit(R.reshape(scores, (1, 8, 64)))
 
-    assert [(n.op, n.quantized) for n in plan(function(chain)).nodes] == [
-        ("conv2d", True), ("conv2d", True), ("add", False), ("concat", False)]
+    assert [(n.op, n.quantized) for n in plan(function(heads)).nodes] == [
+        ("conv2d", True), ("conv2d", True), ("add", True), ("concat", False)]

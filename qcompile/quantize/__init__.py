@@ -166,7 +166,7 @@ def _why_float(node, config: QuantConfig) -> str:
     if node.kind == "elementwise":
         return "no int8 layer reads it, so a lookup table would save nothing"
     if node.kind != "compute":
-        return "no int8 layer reads it: in int8 it would only round what the layers before it computed"
+        return "only the model's outputs read it: in int8 it would only round what the layers before it computed"
     return "kept float"
 
 

@@ -168,19 +168,21 @@ def plan(mod, layer_names: list[str] | None = None, policy: Policy | None = None
     plan_ = Plan(nodes, sites, source)
     for node in nodes:
         node.quantized = not policy.skips(node)
-    # Only a compute layer saves by running in int8. Any other node pays only when an int8 node
-    # reads it (a lookup table, an integer add or concat between int8 layers); read only by float
-    # ops or the model's outputs, it stays float and reads the layers' outputs unrounded. A
-    # detector's score concat, requantized to one int8 scale over logits from -365 to 2, lost most
-    # decisions at 0 (BlazeFace int8: decision F1 0.48 against float's, NNCF 0.91).
-    changed = True
-    while changed:  # a node left float can leave its own producers without an int8 reader
-        read_by_integer = {plan_.source_of(v) for n in nodes if n.quantized and n.kind != "elementwise"
-                           for v in n.inputs}
-        changed = False
-        for node in nodes:
-            if node.quantized and node.kind != "compute" and not any(o in read_by_integer for o in node.outputs):
-                node.quantized, changed = False, True
+    # A lookup table only pays when an int8 node reads it; a concat, add or reduction that only the
+    # model's outputs read (through layout ops) pays nothing either: it stays float and reads the
+    # layers' int32 results unrounded. A detector's score concat, requantized to one int8 scale over
+    # logits from -365 to 2, lost most decisions at 0 (BlazeFace: decision F1 0.48 against float's, 0.86 so).
+    passing = set(source) | {v for v, value in bindings if isinstance(value, (relax.Var, relax.Tuple))}
+    terminal = set(returned)  # vars only the model's outputs read, through layout ops (or aliases, tuples)
+    for var, _ in reversed(bindings):
+        if var not in terminal and users.get(var) and all(u in terminal and u in passing for u in users[var]):
+            terminal.add(var)
+    read_by_integer = {plan_.source_of(v) for n in nodes if n.quantized and n.kind != "elementwise" for v in n.inputs}
+    for node in nodes:
+        unread = not any(out in read_by_integer for out in node.outputs)
+        if node.kind == "elementwise" and unread or \
+                node.kind not in ("compute", "elementwise") and unread and all(o in terminal for o in node.outputs):
+            node.quantized = False
     producer = {out: n.name for n in nodes for out in n.outputs}
     for node in nodes:
         if not node.quantized:
