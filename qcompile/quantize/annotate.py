@@ -3,8 +3,9 @@
 The float graph is first grouped into quantizable nodes (a compute op with its bias/activation
 epilogue, a binary op, a reduction, a concat, or a chain of elementwise ops over one tensor that
 becomes a lookup table). Every activation input of a quantized node is marked with an observe
-marker; ops the policy skips, and ops with no integer form, stay float islands (their inputs are
-left unmarked, so a float consumer reads the unquantized tensor)."""
+marker; ops the policy skips, ops with no integer form, lookup tables no int8 node reads, and
+non-compute nodes (concat, add, reduction) that only the model's outputs read stay float islands
+(their inputs are left unmarked, so a float consumer reads the unquantized tensor)."""
 
 from __future__ import annotations
 
@@ -180,8 +181,8 @@ def plan(mod, layer_names: list[str] | None = None, policy: Policy | None = None
     read_by_integer = {plan_.source_of(v) for n in nodes if n.quantized and n.kind != "elementwise" for v in n.inputs}
     for node in nodes:
         unread = not any(out in read_by_integer for out in node.outputs)
-        if node.kind == "elementwise" and unread or \
-                node.kind not in ("compute", "elementwise") and unread and all(o in terminal for o in node.outputs):
+        if node.kind != "compute" and unread and \
+                (node.kind == "elementwise" or all(o in terminal for o in node.outputs)):
             node.quantized = False
     producer = {out: n.name for n in nodes for out in n.outputs}
     for node in nodes:
