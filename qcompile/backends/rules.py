@@ -78,3 +78,20 @@ def reverse_compute_at_covering(sch, block, loop, **kwargs) -> bool:
     except Exception:  # noqa: BLE001
         return False
     return True
+
+
+def tir_nodes(node):
+    """Every node under a TIR statement (0.27's Python API has no TIR visitor)."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (list, tuple)) or type(node).__name__ == "Array":
+            stack.extend(node)
+            continue
+        if not isinstance(node, (tirx.Expr, tirx.Stmt)):
+            continue
+        yield node
+        info = type(node).__tvm_ffi_type_info__
+        while info is not None:
+            stack.extend(getattr(node, f.name) for f in info.fields if f.name not in ("span", "ty", "buffer"))
+            info = info.parent_type_info
