@@ -129,14 +129,15 @@ def _parallel_workspace_allocations(llvm_ir: str) -> dict:
     return found
 
 
-# Depthwise kernels and NEON's convolution have no intrinsic: LLVM vectorizes their dot from a
-# "local" accumulator (on the stack it was promoted to scalars), so they keep a per-iteration buffer
-@pytest.mark.parametrize("family", [f for f in TARGETS if f != "arm-neon"])
-def test_a_packed_kernel_allocates_nothing_in_its_parallel_loop(family):
+# NEON's convolution has no intrinsic: LLVM vectorizes its dot from a "local" accumulator (on the
+# stack it was promoted to scalars), so it keeps a per-iteration buffer
+@pytest.mark.parametrize("family, depthwise", [(f, False) for f in TARGETS if f != "arm-neon"] +
+                         [(f, True) for f in TARGETS])
+def test_a_packed_kernel_allocates_nothing_in_its_parallel_loop(family, depthwise):
     """The accumulators and an instruction's operands live on the stack (registers): a "local"
     buffer was a heap workspace call in every parallel iteration (TVM puts only global ones on the
     stack), two allocations and two frees per row tile of every int8 layer."""
-    lib, *_ = _conv_kernel(family, hw=16)
+    lib, *_ = _conv_kernel(family, hw=16, depthwise=depthwise)
     ir = lib.mod.inspect_source("ll")
     assert "@__tvm_parallel_lambda" in ir  # the kernel has a parallel loop
     assert _parallel_workspace_allocations(ir) == {}
