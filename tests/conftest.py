@@ -34,3 +34,14 @@ def real_input(tmp_path_factory) -> Path:
 
 def requires(tool: str):
     return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed (bash .ci/setup installs it)")
+
+
+def parallel_workspace_allocations(llvm_ir: str) -> dict:
+    """Allocation sites (TVMBackendAllocWorkspace) per parallel loop body (TVM's __tvm_parallel_lambda)."""
+    found, name = {}, None
+    for line in llvm_ir.splitlines():
+        if line.startswith("define "):
+            name = line.split("@", 1)[1].split("(", 1)[0]
+        elif name and name.startswith("__tvm_parallel_lambda") and "@__TVMBackendAllocWorkspace" in line:
+            found[name] = found.get(name, 0) + 1
+    return found

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from conftest import requires
+from conftest import parallel_workspace_allocations, requires
 from tvm import te
 
 from qcompile.backends import backend_for
@@ -118,17 +118,6 @@ def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, bits,
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
-def _parallel_workspace_allocations(llvm_ir: str) -> dict:
-    """Allocation sites (TVMBackendAllocWorkspace) per parallel loop body (TVM's __tvm_parallel_lambda)."""
-    found, name = {}, None
-    for line in llvm_ir.splitlines():
-        if line.startswith("define "):
-            name = line.split("@", 1)[1].split("(", 1)[0]
-        elif name and name.startswith("__tvm_parallel_lambda") and "@__TVMBackendAllocWorkspace" in line:
-            found[name] = found.get(name, 0) + 1
-    return found
-
-
 # NEON's convolution has no intrinsic: LLVM vectorizes its dot from a "local" accumulator (on the
 # stack it was promoted to scalars), so it keeps a per-iteration buffer
 @pytest.mark.parametrize("family, depthwise", [(f, False) for f in TARGETS if f != "arm-neon"] +
@@ -140,7 +129,7 @@ def test_a_packed_kernel_allocates_nothing_in_its_parallel_loop(family, depthwis
     lib, *_ = _conv_kernel(family, hw=16, depthwise=depthwise)
     ir = lib.mod.inspect_source("ll")
     assert "@__tvm_parallel_lambda" in ir  # the kernel has a parallel loop
-    assert _parallel_workspace_allocations(ir) == {}
+    assert parallel_workspace_allocations(ir) == {}
 
 
 @pytest.mark.parametrize("family", list(TARGETS))
