@@ -132,6 +132,23 @@ def test_a_packed_kernel_allocates_nothing_in_its_parallel_loop(family, depthwis
     assert parallel_workspace_allocations(ir) == {}
 
 
+@pytest.mark.parametrize("family", [f for f in TARGETS if FAMILIES[f].int8.channel_blocks > 1])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_register_tile_of_several_channel_vectors_is_exact(family, stride):
+    """Where the family's tile holds several output-channel vectors (each broadcast activation feeds
+    that many instructions), the unrolled loop over them is in the kernel and the result exact."""
+    kernel = FAMILIES[family].int8
+    lib, tensors, ref, _ = _conv_kernel(family, layout="NHWC", hw=16, oc=2 * kernel.channel_blocks * kernel.lanes,
+                                        stride=stride)
+    assert any(isinstance(n, tvm.tirx.For) and n.kind == tvm.tirx.ForKind.UNROLLED and
+               int(n.extent) == kernel.channel_blocks for n in tir_nodes(_conv_kernel.scheduled["main"].body))
+    if not _runs_here(family):
+        return
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
 @pytest.mark.parametrize("family", list(TARGETS))
 def test_output_channels_that_fill_no_whole_vector_are_exact(family):
     """Three whole vectors of output channels and four more, on an image with enough row tiles that

@@ -93,11 +93,18 @@ def _unpack_int4_te(wp4):
 
 
 MAX_TILE = 8  # output pixels per register block: 8 accumulators of one vector each
+STACK_BYTES = 1024  # TVM keeps a buffer on the stack (in registers) only under this size (kMaxStackAlloca)
 
 
-def default_tile(width: int, pixels: int = 1) -> int:
-    """The register tile: the largest divisor of the row that is a multiple of `pixels`, up to MAX_TILE."""
-    return max(t for t in range(pixels, MAX_TILE + 1, pixels) if width % t == 0)
+def max_tile(lanes: int, channel_blocks: int) -> int:
+    """Output pixels per register tile of `channel_blocks` vectors of `lanes` int32 accumulators:
+    MAX_TILE, or fewer where the accumulators would leave the stack."""
+    return min(MAX_TILE, (STACK_BYTES - 1) // (4 * lanes * channel_blocks))
+
+
+def default_tile(width: int, pixels: int = 1, most: int = MAX_TILE) -> int:
+    """The register tile: the largest divisor of the row that is a multiple of `pixels`, up to `most`."""
+    return max([t for t in range(pixels, most + 1, pixels) if width % t == 0] or [pixels])
 
 
 def padded_width(width: int, pixels: int = 1) -> int:

@@ -12,7 +12,7 @@ from tvm import s_tir, tirx
 from ..families import Int8Kernel
 from ..rules import TargetRule, loop_extent, loop_work, parallel_if_worth_it, reverse_compute_at_covering, tir_nodes
 from .intrinsics import register
-from .pack import MAX_TILE, RULE, default_tile
+from .pack import RULE, default_tile, max_tile
 
 # Fewer (image rows x row tiles) than this and the output-channel blocks are parallel as well: a
 # 7x7 layer or a matmul of one row would otherwise leave cores idle (or run on one).
@@ -41,12 +41,17 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     if pixels > 1:  # the instruction's own pixels innermost, the register tile over pairs of pixels
         ow, ow_pixels = sch.split(ow, [None, pixels])
         pixel_loops = [ow_pixels]
+    blocks = channel_blocks(sch, dot, kernel)
     if tile is None:
-        factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_TILE // pixels)
+        factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max_tile(kernel.lanes, blocks) // pixels)
     else:
         factors = [None, tile // pixels]
     ow_outer, ow_inner = sch.split(ow, factors)
     outer_reduce, inner_reduce = (reduce, []) if depthwise else (reduce[:3], reduce[3:])
+    block_loops = []  # the register tile's channel vectors, inside its pixels
+    if blocks > 1:
+        oco, block = sch.split(oco, [None, blocks])
+        block_loops = [block]
     # Without an intrinsic (float32: one input channel per step) the lane loop goes innermost and is
     # vectorized here, before the reduction is decomposed (TVM refuses it after): each step is then
     # `tile` vector FMAs on accumulators held in registers. Left to LLVM's own vectorizer, they were
@@ -57,7 +62,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
         sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, *pixel_loops, *inner_reduce, lane)
         sch.vectorize(lane)
     else:
-        sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, *pixel_loops, lane, *inner_reduce)
+        sch.reorder(n, oh, ow_outer, oco, *outer_reduce, ow_inner, *block_loops, *pixel_loops, lane, *inner_reduce)
     outer = sch.fuse(n, oh, ow_outer)
     if (loop_extent(sch, outer) or 0) < MIN_PARALLEL_TILES:  # a small image (or a matmul's few rows):
         # the output-channel blocks run in parallel too, outermost: each core then reads its share
@@ -84,7 +89,19 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
         sch.reorder(inner_reduce[0], lane)
         sch.unroll(inner_reduce[0])
     sch.unroll(ow_inner)
+    for block in block_loops:
+        sch.unroll(block)
     return outer, oco
+
+
+def channel_blocks(sch, dot, kernel: Int8Kernel) -> int:
+    """Output-channel vectors in a dot block's register tile: the kernel's channel_blocks where its
+    instruction covers one pixel and the layer's channel vectors divide into them, else 1."""
+    loops = sch.get_loops(dot)
+    blocks = kernel.channel_blocks
+    if len(loops) == 7 or kernel.intrin is None or kernel.pixels != 1 or (loop_extent(sch, loops[2]) or 1) % blocks:
+        return 1  # a depthwise block (7 loops), an instruction of two pixels, or an odd count of vectors
+    return blocks
 
 
 def _parallel_outer(sch, block) -> None:
@@ -118,11 +135,14 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     # An epilogue whose region the tile cannot bound, or that covers more than it, runs after it.
     if last != dot and not reverse_compute_at_covering(sch, last, oco, preserve_unit_loops=True):
         _parallel_outer(sch, last)
-    elif last != dot and loop_extent(sch, sch.get_loops(last)[-1]) == kernel.lanes:
+    elif last != dot and loop_extent(sch, sch.get_loops(last)[-1]) in (kernel.lanes, 2 * kernel.lanes):
         # The epilogue over a tile's channels (bias, residual add, requantize) in whole vectors: LLVM
         # left it scalar, and after a short reduction (a 1x1 convolution of 32 channels) it cost as
         # much as the dot. palm-detection fp32 6.9 -> 4.8 ms; int8 models unchanged within noise.
-        sch.vectorize(sch.get_loops(last)[-1])
+        channels = sch.get_loops(last)[-1]
+        if loop_extent(sch, channels) > kernel.lanes:  # a tile of two channel vectors
+            channels = sch.split(channels, [None, kernel.lanes])[1]
+        sch.vectorize(channels)
     return sch
 
 
@@ -196,8 +216,11 @@ class Int8Packed(PackedKernelRule):
     def schedule_packed(self, sch, dot, kernel: Int8Kernel):
         loops = sch.get_loops(dot)
         width = loop_extent(sch, loops[3])
-        pixels = 1 if len(loops) == 7 else kernel.for_tile(loop_extent(sch, loops[4]), loop_extent(sch, loops[-1])).pixels
-        return schedule_kernel(sch, dot, kernel, default_tile(width, pixels))
+        if len(loops) != 7:
+            kernel = kernel.for_tile(loop_extent(sch, loops[4]), loop_extent(sch, loops[-1]))
+        pixels = 1 if len(loops) == 7 else kernel.pixels
+        most = max_tile(kernel.lanes, channel_blocks(sch, dot, kernel))
+        return schedule_kernel(sch, dot, kernel, default_tile(width, pixels, most))
 
 
 def tuning_space(kernel: Int8Kernel | None, float_kernel: Int8Kernel | None = None):
