@@ -46,12 +46,13 @@ def _i64(*dims):
     return tuple(tvm.tirx.IntImm("int64", d) for d in dims)
 
 
-def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False, layout="NCHW",
-                 bits=8, extreme=False, oc=None, depthwise_float=False, residual=None):
-    """A packed kernel, its inputs and the float64 reference (in `layout`, NCHW or NHWC); weights of
-    `bits` bits (4 with `int4`). `extreme`: every input and weight at the end of its range, the
-    products' signs alike (the largest sums a kernel can meet). `residual` (NHWC): an int32 input of
-    that many channels, zero-padded to the output's and added to it (BlazeFace's residual)."""
+def _conv_schedule(family, input_dtype="int8", depthwise=False, stride=1, hw=None, int4=False, layout="NCHW",
+                   bits=8, extreme=False, oc=None, depthwise_float=False, residual=None):
+    """A packed kernel scheduled, its inputs, the float64 reference (in `layout`, NCHW or NHWC), the
+    family's kernel and the target; weights of `bits` bits (4 with `int4`). `extreme`: every input
+    and weight at the end of its range, the products' signs alike (the largest sums a kernel can
+    meet). `residual` (NHWC): an int32 input of that many channels, zero-padded to the output's and
+    added to it (BlazeFace's residual)."""
     c, oc, hw = (24, 24, hw or 14) if depthwise else (20, oc or 40, hw or 10)  # channels that fill no whole tile
     to_layout = (lambda a: a) if layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)))
     x = te.placeholder(_i64(*to_layout(np.zeros((1, c, hw, hw))).shape), input_dtype, "x")
@@ -93,8 +94,13 @@ def _conv_kernel(family, input_dtype="int8", depthwise=False, stride=1, hw=None,
     float_kernel_ = float_kernel(FAMILIES[family].float_lanes) if FAMILIES[family].float_lanes else None
     sch = Int8Packed(kernel, float_kernel_).apply(te.create_prim_func(args), target, False)
     assert sch is not None
-    _conv_kernel.scheduled = sch.mod
-    return tvm.compile(sch.mod, target=target), tensors, ref, kernel
+    return sch.mod, tensors, ref, kernel, target
+
+
+def _conv_kernel(*args, **kwargs):
+    """_conv_schedule's kernel compiled: the library, its inputs, the reference and the kernel."""
+    mod, tensors, ref, kernel, target = _conv_schedule(*args, **kwargs)
+    return tvm.compile(mod, target=target), tensors, ref, kernel
 
 
 # (family, weight bits) -> the instruction where it is not the family's own: 8-bit weights could
@@ -138,10 +144,11 @@ def test_a_register_tile_of_several_channel_vectors_is_exact(family, stride):
     """Where the family's tile holds several output-channel vectors (each broadcast activation feeds
     that many instructions), the unrolled loop over them is in the kernel and the result exact."""
     kernel = FAMILIES[family].int8
-    lib, tensors, ref, _ = _conv_kernel(family, layout="NHWC", hw=16, oc=2 * kernel.channel_blocks * kernel.lanes,
-                                        stride=stride)
+    mod, tensors, ref, _, target = _conv_schedule(family, layout="NHWC", hw=16,
+                                                  oc=2 * kernel.channel_blocks * kernel.lanes, stride=stride)
     assert any(isinstance(n, tvm.tirx.For) and n.kind == tvm.tirx.ForKind.UNROLLED and
-               int(n.extent) == kernel.channel_blocks for n in tir_nodes(_conv_kernel.scheduled["main"].body))
+               int(n.extent) == kernel.channel_blocks for n in tir_nodes(mod["main"].body))
+    lib = tvm.compile(mod, target=target)
     if not _runs_here(family):
         return
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
@@ -183,9 +190,10 @@ def test_a_channel_pad_inside_a_vector_keeps_the_epilogue_vectorized_and_exact(f
     the lanes: a 1x1 convolution's epilogue then cost several times its dot products)."""
     lanes = FAMILIES[family].int8.lanes
     oc = 2 * lanes - lanes // 4  # 28 of 16 lanes
-    lib, tensors, ref, _ = _conv_kernel(family, layout="NHWC", hw=16, oc=oc, residual=oc - lanes // 4)
-    epilogue = [s for s in _stores(_conv_kernel.scheduled) if s.buffer.name == "residual"]
+    mod, tensors, ref, _, target = _conv_schedule(family, layout="NHWC", hw=16, oc=oc, residual=oc - lanes // 4)
+    epilogue = [s for s in _stores(mod) if s.buffer.name == "residual"]
     assert epilogue and not any(s.value.ty.is_scalar() for s in epilogue)
+    lib = tvm.compile(mod, target=target)
     if not _runs_here(family):
         return
     out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))

@@ -104,7 +104,7 @@ def max_tile(lanes: int, channel_blocks: int) -> int:
 
 def default_tile(width: int, pixels: int = 1, most: int = MAX_TILE) -> int:
     """The register tile: the largest divisor of the row that is a multiple of `pixels`, up to `most`."""
-    return max([t for t in range(pixels, most + 1, pixels) if width % t == 0] or [pixels])
+    return max(t for t in range(pixels, most + 1, pixels) if width % t == 0)
 
 
 def padded_width(width: int, pixels: int = 1) -> int:
