@@ -103,6 +103,15 @@ def _conv_kernel(*args, **kwargs):
     return tvm.compile(mod, target=target), tensors, ref, kernel
 
 
+def _exact_where_it_runs(family, lib, tensors, ref) -> None:
+    """The kernel computes the reference exactly, checked where the family runs on this CPU."""
+    if not _runs_here(family):
+        return
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
+    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
 # (family, weight bits) -> the instruction where it is not the family's own: 8-bit weights could
 # saturate AVX2's vpmaddubsw, so they take the exact vpmaddwd kernel
 INSTRUCTION = {("x86-avx2", 8): "vpmaddwd"}
@@ -117,11 +126,7 @@ def test_packed_conv_uses_the_dot_product_instruction_and_is_exact(family, bits,
     # an even output width: the family's own instruction
     assert kernel.instruction == INSTRUCTION.get((family, bits), FAMILIES[family].int8.instruction)
     assert kernel.instruction in asm
-    if not _runs_here(family):
-        return  # compiled and checked above
-    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
-    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
-    np.testing.assert_array_equal(out.numpy(), ref)
+    _exact_where_it_runs(family, lib, tensors, ref)
 
 
 # NEON's convolution has no intrinsic: LLVM vectorizes its dot from a "local" accumulator (on the
@@ -149,11 +154,7 @@ def test_a_register_tile_of_several_channel_vectors_is_exact(family, stride):
     assert any(isinstance(n, tvm.tirx.For) and n.kind == tvm.tirx.ForKind.UNROLLED and
                int(n.extent) == kernel.channel_blocks for n in tir_nodes(mod["main"].body))
     lib = tvm.compile(mod, target=target)
-    if not _runs_here(family):
-        return
-    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
-    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
-    np.testing.assert_array_equal(out.numpy(), ref)
+    _exact_where_it_runs(family, lib, tensors, ref)
 
 
 @pytest.mark.parametrize("family", list(TARGETS))
@@ -162,11 +163,7 @@ def test_output_channels_that_fill_no_whole_vector_are_exact(family):
     the epilogue runs per row tile (packed/schedule.py's ragged epilogue)."""
     lanes = FAMILIES[family].int8.lanes
     lib, tensors, ref, _ = _conv_kernel(family, layout="NHWC", hw=16, oc=3 * lanes + 4)
-    if not _runs_here(family):
-        return
-    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
-    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
-    np.testing.assert_array_equal(out.numpy(), ref)
+    _exact_where_it_runs(family, lib, tensors, ref)
 
 
 def _stores(func) -> list:
@@ -194,11 +191,7 @@ def test_a_channel_pad_inside_a_vector_keeps_the_epilogue_vectorized_and_exact(f
     epilogue = [s for s in _stores(mod) if s.buffer.name == "residual"]
     assert epilogue and not any(s.value.ty.is_scalar() for s in epilogue)
     lib = tvm.compile(mod, target=target)
-    if not _runs_here(family):
-        return
-    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
-    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
-    np.testing.assert_array_equal(out.numpy(), ref)
+    _exact_where_it_runs(family, lib, tensors, ref)
 
 
 def test_requantize_rounding_is_vector_code_that_rounds_half_to_even():
@@ -247,11 +240,7 @@ def test_int4_weights_unpack_inside_the_packed_kernel_exactly(family):
     lib, tensors, ref, kernel = _conv_kernel(family, "int8", int4=True)
     assert tensors[1].size * 2 == pack_weight(np.zeros((40, 20, 3, 3), np.int8), kernel).size  # half the bytes
     assert kernel.instruction in lib.mod.inspect_source("asm")
-    if not _runs_here(family):
-        return
-    out = tvm.runtime.tensor(np.zeros(ref.shape, np.int32))
-    lib(*[tvm.runtime.tensor(t) for t in tensors], out)
-    np.testing.assert_array_equal(out.numpy(), ref)
+    _exact_where_it_runs(family, lib, tensors, ref)
 
 
 @pytest.mark.parametrize("depthwise_float", [False, True], ids=["int16", "float32"])
