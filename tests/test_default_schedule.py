@@ -77,3 +77,30 @@ def test_a_pooling_accumulates_in_registers_without_allocating_per_row(channels)
     lib(tvm.runtime.tensor(xv), result)
     expected = xv.reshape(1, 48, 2, 48, 2, channels).max(axis=(2, 4)).astype(np.int32) * 3 + 1
     np.testing.assert_array_equal(result.numpy(), expected)
+
+
+def test_a_layer_norm_and_its_requantize_run_as_one_parallel_pass_per_row():
+    """A layer norm (two row reductions) and the elementwise ops after it (scale, round, clamp): the
+    elementwise blocks one block reads are inlined (each was a pass over a whole-tensor buffer), the
+    rows run in parallel (the work of every pass counts, not the last one's alone), and the result is
+    the layer norm's."""
+    x = te.placeholder((8, 50, 64), "float32", "x")
+    k = te.reduce_axis((0, 64), "k")
+    mean = te.compute((8, 50), lambda a, b: te.sum(x[a, b, k] / 64, axis=k), name="mean")
+    k2 = te.reduce_axis((0, 64), "k2")
+    var = te.compute((8, 50), lambda a, b: te.sum((x[a, b, k2] - mean[a, b]) * (x[a, b, k2] - mean[a, b]) / 64, axis=k2),
+                     name="var")
+    norm = te.compute(x.shape, lambda a, b, c: (x[a, b, c] - mean[a, b]) * te.rsqrt(var[a, b] + 1e-5), name="norm")
+    scaled = te.compute(x.shape, lambda *i: norm(*i) * 20.0, name="scaled")
+    rounded = te.compute(x.shape, lambda *i: te.max(te.min(tvm.tirx.nearbyint(scaled(*i)), 127.0), -128.0),
+                         name="rounded")
+    target = backend_for(get_target("host")).tvm_target()
+    sch = CPUDefault().apply(te.create_prim_func([x, rounded]), target, False)
+    blocks = [b.name_hint for b in (sch.get(r) for r in sch.get_child_blocks(sch.get_sblock("root")))]
+    assert "norm" not in blocks and "scaled" not in blocks
+    assert "@__tvm_parallel_lambda" in tvm.compile(sch.mod, target=target).mod.inspect_source("ll")
+    xv = np.random.default_rng(0).standard_normal((8, 50, 64)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((8, 50, 64), np.float32))
+    tvm.compile(sch.mod, target=target)(tvm.runtime.tensor(xv), out)
+    norm_ref = (xv - xv.mean(-1, keepdims=True)) / np.sqrt(xv.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out.numpy(), np.clip(np.rint(norm_ref * 20), -128, 127), atol=1)

@@ -162,10 +162,24 @@ def _schedule_row_blocks(sch, infos):
     loops = sch.get_loops(last.block_rv)
     if len(loops) < 2:
         return None
+    work = sum(loop_work(sch, info.block_rv) for info in infos)  # every pass over the rows
+    # An elementwise block one block reads (a layer norm's scale, round, clamp) goes into its reader:
+    # each was a pass of its own over a whole-tensor buffer, and the rows ran on one core (a layer
+    # norm of 8x50x64 with its requantize: 45 us). One read by several (softmax's exponentials) stays.
+    for info in infos[:-1]:
+        if info.is_injective() and len(sch.get_consumers(info.block_rv)) == 1:
+            try:
+                sch.compute_inline(info.block_rv)
+            except Exception:  # noqa: BLE001
+                pass
+    kept = [info for info in infos[:-1] if _still_there(sch, info.block_rv)]
     rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-    for info in reversed(infos[:-1]):
+    for info in reversed(kept):
         sch.compute_at(info.block_rv, rows, preserve_unit_loops=True)
-    parallel_if_worth_it(sch, rows, loop_work(sch, last.block_rv))
+    parallel_if_worth_it(sch, rows, work)
+    row = loop_extent(sch, sch.get_loops(last.block_rv)[-1])
+    if row:
+        _vectorize_pow2(sch, sch.get_loops(last.block_rv)[-1], row)
     return sch
 
 
