@@ -166,12 +166,7 @@ def _schedule_row_blocks(sch, infos):
     # An elementwise block one block reads (a layer norm's scale, round, clamp) goes into its reader:
     # each was a pass of its own over a whole-tensor buffer, and the rows ran on one core (a layer
     # norm of 8x50x64 with its requantize: 45 us). One read by several (softmax's exponentials) stays.
-    for info in infos[:-1]:
-        if info.is_injective() and len(sch.get_consumers(info.block_rv)) == 1:
-            try:
-                sch.compute_inline(info.block_rv)
-            except Exception:  # noqa: BLE001
-                pass
+    _inline(sch, infos[:-1], "one reader")  # the reductions cannot be inlined and stay
     kept = [info for info in infos[:-1] if _still_there(sch, info.block_rv)]
     rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     for info in reversed(kept):

@@ -29,7 +29,7 @@ def find_dot_block(sch):
 def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     """Tile, register-block and tensorize the dot block. `tile=None` samples the row tile: a
     decision MetaSchedule tunes (and mutates). Returns the loops of row tiles and of channel blocks
-    (one loop, the parallel one, on small images)."""
+    (one loop, the parallel one, on small images), and the channel vectors in a register tile."""
     sch.unannotate(dot, "schedule_rule")  # tensorize compares annotations with the intrinsic's
     work = loop_work(sch, dot)
     n, oh, oco, ow, lane, *reduce = sch.get_loops(dot)
@@ -91,7 +91,7 @@ def schedule_dot(sch, dot, kernel: Int8Kernel, tile=None):
     sch.unroll(ow_inner)
     for block in block_loops:
         sch.unroll(block)
-    return outer, oco
+    return outer, oco, blocks
 
 
 def channel_blocks(sch, dot, kernel: Int8Kernel) -> int:
@@ -129,18 +129,18 @@ def schedule_kernel(sch, dot, kernel: Int8Kernel, tile: int | None):
     blocks_of_lanes = loop_extent(sch, sch.get_loops(dot)[2])
     ragged = bool(channels) and channels > kernel.lanes and channels % kernel.lanes != 0 and \
         -(-channels // kernel.lanes) == blocks_of_lanes
-    outer, oco = schedule_dot(sch, dot, kernel, tile)
+    outer, oco, blocks = schedule_dot(sch, dot, kernel, tile)
     if ragged and outer is not oco and _ragged_epilogue(sch, last, outer, kernel.lanes):
         return sch
     # An epilogue whose region the tile cannot bound, or that covers more than it, runs after it.
     if last != dot and not reverse_compute_at_covering(sch, last, oco, preserve_unit_loops=True):
         _parallel_outer(sch, last)
-    elif last != dot and loop_extent(sch, sch.get_loops(last)[-1]) in (kernel.lanes, 2 * kernel.lanes):
+    elif last != dot and loop_extent(sch, sch.get_loops(last)[-1]) == kernel.lanes * blocks:
         # The epilogue over a tile's channels (bias, residual add, requantize) in whole vectors: LLVM
         # left it scalar, and after a short reduction (a 1x1 convolution of 32 channels) it cost as
         # much as the dot. palm-detection fp32 6.9 -> 4.8 ms; int8 models unchanged within noise.
         channels = sch.get_loops(last)[-1]
-        if loop_extent(sch, channels) > kernel.lanes:  # a tile of two channel vectors
+        if blocks > 1:  # a tile of several channel vectors: one vector at a time
             channels = sch.split(channels, [None, kernel.lanes])[1]
         sch.vectorize(channels)
     return sch
